@@ -1,0 +1,3 @@
+from cifarflow.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The ``cifarflow`` command line. Each sub-module adds its commands to :data:`app`.
+
+Heavy engines (pyspark, tensorflow, kfp) are imported inside the commands, so ``cifarflow --help`` is instant and
+each image only needs the extra for the steps it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from cifarflow import __version__
+from cifarflow import log as cflog
+from cifarflow.cli.common import app, state
+from cifarflow.errors import CifarflowError
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """CIFAR-10 from a bucket to an evaluated model: Spark preprocessing, TensorFlow training, Kubeflow."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    state.verbose = verbose
+    cflog.setup(verbose)
+
+
+# Register the command groups (import for side effects: each module decorates `app`).
+from cifarflow.cli import data as _data  # noqa: E402,F401
+from cifarflow.cli import k8s as _k8s  # noqa: E402,F401
+from cifarflow.cli import pipeline as _pipeline  # noqa: E402,F401
+from cifarflow.cli import run as _run  # noqa: E402,F401
+from cifarflow.cli import train as _train  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user-facing failures become one ``error:`` line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="cifarflow", standalone_mode=False)
+    except CifarflowError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("error: interrupted (fix: rerun the same command; finished work is reused)\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted (fix: rerun the same command; finished work is reused)\n")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,86 @@
+"""Data-plane commands: ``synth``, ``ingest``, ``preprocess``."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+
+import typer
+
+from cifarflow.cli.common import S3Endpoint, app, make_store, out
+
+log = logging.getLogger(__name__)
+
+
+class ArchiveFormat(str, Enum):
+    python = "python"
+    binary = "binary"
+
+
+class Backend(str, Enum):
+    local = "local"
+    k8s = "k8s"
+
+
+@app.command()
+def synth(
+    out_path: str = typer.Option(..., "--out", help="Tarball path/URL, or a folder to put the official file name in."),
+    train: int = typer.Option(50_000, "--train", min=1, help="Train images."),
+    test: int = typer.Option(10_000, "--test", min=1, help="Test images."),
+    fmt: ArchiveFormat = typer.Option(ArchiveFormat.python, "--format", help="CIFAR's python pickles or binary."),
+    classes: int = typer.Option(10, "--classes", help="10 (CIFAR-10 layout) or 100 (CIFAR-100 layout)."),
+    seed: int = typer.Option(0, "--seed"),
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Write a learnable synthetic dataset in CIFAR's exact on-disk layout (for tests, benchmarks, scale studies)."""
+    from cifarflow.data import synth as synth_mod
+
+    if classes not in (10, 100):
+        raise typer.BadParameter("--classes must be 10 or 100")
+    url = synth_mod.write_archive(
+        out_path, train=train, test=test, fmt=fmt.value, classes=classes, seed=seed, store=make_store(s3_endpoint)
+    )
+    out(url)
+
+
+@app.command()
+def ingest(
+    source: str = typer.Option("cifar10", "--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path."),
+    dest: str = typer.Option(..., "--dest", help="Bucket URL; raw shards land under DEST/raw/."),
+    md5: str | None = typer.Option(None, "--md5", help="Expected md5 of the archive (known for cifar10/cifar100)."),
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Stream a CIFAR archive into the bucket as raw shards (idempotent, atomic, resumable)."""
+    from cifarflow.data import ingest as ingest_mod
+
+    result = ingest_mod.ingest(source, dest, store=make_store(s3_endpoint), md5=md5)
+    out(f"raw: {result.raw_url}")
+
+
+@app.command()
+def preprocess(
+    raw: str = typer.Option(..., "--raw", help="The DEST/raw root that `cifarflow ingest` wrote."),
+    out_url: str = typer.Option(..., "--out", help="Datasets root; the dataset lands in OUT/<dataset-id>/."),
+    master: str | None = typer.Option(
+        None, "--master", help="Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*])."
+    ),
+    partitions: int | None = typer.Option(None, "--partitions", min=1, help="Read tasks (binary records split to this)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5, help="Share of train held out, per class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+    backend: Backend = typer.Option(Backend.local, "--backend", help="local: run Spark here; k8s: a SparkApplication."),
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Validate, deduplicate, split and normalise the raw data with Spark into a versioned Parquet dataset."""
+    if backend is Backend.k8s:
+        from cifarflow.k8s import cli_support
+
+        cli_support.preprocess_on_k8s(raw=raw, out=out_url, partitions=partitions, val_fraction=val_fraction, seed=seed)
+        return
+    from cifarflow.data import preprocess as pre
+
+    result = pre.preprocess(
+        raw, out_url, master=master, partitions=partitions, val_fraction=val_fraction, seed=seed,
+        store=make_store(s3_endpoint),
+    )
+    out(f"dataset: {result.dataset_id}")
+    out(f"manifest: {result.manifest_url}")

@@ -1,0 +1,1 @@
+"""k8s commands (filled in by their issue)."""

@@ -1,0 +1,1 @@
+"""pipeline commands (filled in by their issue)."""

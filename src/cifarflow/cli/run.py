@@ -1,0 +1,1 @@
+"""run commands (filled in by their issue)."""

@@ -1,0 +1,1 @@
+"""train commands (filled in by their issue)."""

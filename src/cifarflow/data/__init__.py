@@ -1,0 +1,1 @@
+"""The data plane: CIFAR formats, synthetic archives, ingest, the Spark preprocessing job, dataset manifests."""

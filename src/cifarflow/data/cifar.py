@@ -1,0 +1,228 @@
+"""CIFAR-10/100 on-disk formats: layouts, a restricted unpickler, and vectorised decoders.
+
+Images leave this module as rows of 3072 ``uint8`` in HWC order (CIFAR stores CHW planes), labels as ``int32``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import pickle
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from cifarflow.errors import InputError
+
+HEIGHT = WIDTH = 32
+CHANNELS = 3
+IMAGE_BYTES = HEIGHT * WIDTH * CHANNELS  # 3072
+ROWS_PER_BATCH = 10_000  # CIFAR-10's python batches hold 10k images each
+
+Kind = Literal["python", "binary"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a CIFAR variant keeps its files inside the archive and how they are encoded."""
+
+    name: str
+    dataset: Literal["cifar10", "cifar100"]
+    kind: Kind
+    root: str
+    train: str  # glob of train members, relative to root
+    test: str
+    meta: str
+    num_classes: int
+    label_key: bytes = b"labels"  # python: key of the label list
+    names_key: bytes = b"label_names"  # python: key of the class names in meta
+    label_offset: int = 0  # binary: which label byte is the class (CIFAR-100 stores coarse, fine)
+    label_bytes: int = 1  # binary: label bytes before each image
+
+    @property
+    def record_bytes(self) -> int:
+        return self.label_bytes + IMAGE_BYTES
+
+    def split_of(self, member: str) -> Literal["train", "test"] | None:
+        """``train``/``test`` for a data member of this layout (path relative to root), else ``None``."""
+        if fnmatch.fnmatchcase(member, self.train):
+            return "train"
+        if fnmatch.fnmatchcase(member, self.test):
+            return "test"
+        return None
+
+
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("cifar10-python", "cifar10", "python", "cifar-10-batches-py", "data_batch_*", "test_batch",
+               "batches.meta", 10),
+        Layout("cifar10-binary", "cifar10", "binary", "cifar-10-batches-bin", "data_batch_*.bin", "test_batch.bin",
+               "batches.meta.txt", 10),
+        Layout("cifar100-python", "cifar100", "python", "cifar-100-python", "train", "test", "meta", 100,
+               label_key=b"fine_labels", names_key=b"fine_label_names"),
+        Layout("cifar100-binary", "cifar100", "binary", "cifar-100-binary", "train.bin", "test.bin",
+               "fine_label_names.txt", 100, label_offset=1, label_bytes=2),
+    )
+}
+
+
+def detect_layout(member_names: list[str]) -> Layout:
+    """The layout whose root folder and meta file are among an archive's member names."""
+    names = {n.strip("./") for n in member_names}
+    for layout in LAYOUTS.values():
+        if f"{layout.root}/{layout.meta}" in names:
+            return layout
+    raise InputError(
+        "the archive is not a CIFAR-10/100 archive (no cifar-10-batches-py/, cifar-10-batches-bin/, "
+        "cifar-100-python/ or cifar-100-binary/ folder with its meta file)",
+        "pass an official CIFAR tarball, or make one with `cifarflow synth`",
+    )
+
+
+# -- restricted unpickling --------------------------------------------------------------------------------------
+
+# Exactly what CIFAR pickles reference: numpy array reconstruction (numpy 1.x and 2.x module names) and the codec
+# helper that protocol-2 pickles written by Python 3 use for bytes. Anything else is refused.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise InputError(
+            f"unsafe pickle: it tries to load {module}.{name}, which CIFAR files never contain",
+            "use an official CIFAR archive or one written by `cifarflow synth`; never unpickle untrusted files",
+        )
+
+
+def restricted_loads(data: bytes, what: str = "pickle") -> Any:
+    """Unpickle CIFAR data: dicts, lists, bytes, str, ints and numpy arrays only."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(
+            f"{what} is not a readable CIFAR pickle ({type(exc).__name__}: {str(exc)[:120]})",
+            "the archive is probably truncated or corrupt: fetch it again",
+        ) from exc
+
+
+def _key(d: dict[Any, Any], key: bytes) -> Any:
+    # Official files (Python 2) have bytes keys; be lenient with str keys written by other tools.
+    if key in d:
+        return d[key]
+    return d.get(key.decode())
+
+
+# -- decoding ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Decoded images: ``images`` is (n, 3072) uint8 in HWC order, ``labels`` is (n,) int32."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    member: str  # which archive member they came from, for ids and error messages
+    first_index: int = 0
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def ids(self) -> list[str]:
+        return [f"{self.member}:{i:07d}" for i in range(self.first_index, self.first_index + len(self))]
+
+
+def chw_to_hwc(rows: np.ndarray) -> np.ndarray:
+    """CIFAR rows hold the R, G and B planes one after the other; models want pixels interleaved."""
+    n = rows.shape[0]
+    return np.ascontiguousarray(rows.reshape(n, CHANNELS, HEIGHT, WIDTH).transpose(0, 2, 3, 1)).reshape(
+        n, IMAGE_BYTES
+    )
+
+
+def hwc_to_chw(rows: np.ndarray) -> np.ndarray:
+    n = rows.shape[0]
+    return np.ascontiguousarray(rows.reshape(n, HEIGHT, WIDTH, CHANNELS).transpose(0, 3, 1, 2)).reshape(
+        n, IMAGE_BYTES
+    )
+
+
+def decode_python(data: bytes, layout: Layout, member: str) -> Batch:
+    """Decode one python-format batch file (``data_batch_1``, ``test``...)."""
+    obj = restricted_loads(data, what=member)
+    if not isinstance(obj, dict):
+        raise InputError(f"{member}: expected a dict of data and labels, got {type(obj).__name__}",
+                         "the archive is not a CIFAR archive")
+    raw = _key(obj, b"data")
+    labels = _key(obj, layout.label_key)
+    if raw is None or labels is None:
+        raise InputError(f"{member}: missing 'data' or '{layout.label_key.decode()}'",
+                         "the archive is not a CIFAR archive of this variant")
+    arr = np.asarray(raw)
+    if arr.dtype != np.uint8:
+        raise InputError(f"{member}: images have dtype {arr.dtype}, expected uint8", "regenerate the archive")
+    if arr.ndim != 2 or arr.shape[1] != IMAGE_BYTES:
+        got = "x".join(str(s) for s in arr.shape)
+        raise InputError(
+            f"{member}: images have shape {got}, expected N x {IMAGE_BYTES} (32x32x3)",
+            "cifarflow reads 32x32 RGB CIFAR images only; resize the data first",
+        )
+    return _checked(Batch(chw_to_hwc(arr), np.asarray(labels, dtype=np.int64), member), layout)
+
+
+def decode_binary(data: bytes | memoryview, layout: Layout, member: str, first_index: int = 0) -> Batch:
+    """Decode whole fixed-size records (label byte(s) + 3072 CHW bytes)."""
+    size = layout.record_bytes
+    if len(data) % size:
+        raise InputError(
+            f"{member}: {len(data)} bytes is not a whole number of {size}-byte records (truncated or wrong variant)",
+            "fetch the archive again",
+        )
+    recs = np.frombuffer(data, dtype=np.uint8).reshape(-1, size)
+    labels = recs[:, layout.label_offset].astype(np.int64)
+    return _checked(Batch(chw_to_hwc(recs[:, layout.label_bytes:]), labels, member, first_index), layout)
+
+
+def _checked(batch: Batch, layout: Layout) -> Batch:
+    n = len(batch)
+    if n == 0:
+        raise InputError(f"{batch.member}: holds no images", "the archive is empty or truncated")
+    if batch.images.shape[0] != n:
+        raise InputError(f"{batch.member}: {batch.images.shape[0]} images but {n} labels", "regenerate the archive")
+    lo, hi = int(batch.labels.min()), int(batch.labels.max())
+    if lo < 0 or hi >= layout.num_classes:
+        bad = lo if lo < 0 else hi
+        raise InputError(
+            f"{batch.member}: label {bad} is out of range 0..{layout.num_classes - 1} for {layout.dataset}",
+            "check --classes or the archive's variant",
+        )
+    batch.labels = batch.labels.astype(np.int32)
+    return batch
+
+
+def label_names(meta: bytes, layout: Layout) -> list[str]:
+    """Class names from the meta member (pickle for python layouts, one name per line for binary)."""
+    if layout.kind == "binary":
+        names = [line.strip() for line in meta.decode("utf-8", "replace").splitlines() if line.strip()]
+    else:
+        obj = restricted_loads(meta, what=layout.meta)
+        raw = _key(obj, layout.names_key) if isinstance(obj, dict) else None
+        if raw is None:
+            raise InputError(f"{layout.meta}: no class names", "the archive is not a CIFAR archive")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+    if len(names) != layout.num_classes:
+        raise InputError(
+            f"{layout.meta}: {len(names)} class names, expected {layout.num_classes}", "regenerate the archive"
+        )
+    return names
