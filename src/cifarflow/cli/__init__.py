@@ -7,6 +7,7 @@ each image only needs the extra for the steps it runs.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 import typer
@@ -37,6 +38,9 @@ from cifarflow.cli import pipeline as _pipeline  # noqa: E402,F401
 from cifarflow.cli import run as _run  # noqa: E402,F401
 from cifarflow.cli import train as _train  # noqa: E402,F401
 
+# typer >= 0.24 vendors click: its usage errors are not click's classes.
+_TyperClickException: Any = type(typer.BadParameter("")).__mro__[2]
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user-facing failures become one ``error:`` line and exit code 2."""
@@ -46,15 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     except CifarflowError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         sys.stderr.write("error: interrupted (fix: rerun the same command; finished work is reused)\n")
         sys.exit(130)
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted (fix: rerun the same command; finished work is reused)\n")
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except (click.ClickException, _TyperClickException) as exc:
         exc.show()
         sys.exit(exc.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
