@@ -1,0 +1,158 @@
+"""The CIFAR-10 pipeline: ingest -> plan -> preprocess -> train -> evaluate, as KFP v2 wiring.
+
+Build it with ``cifarflow pipeline compile`` (writes ``pipelines/compiled/cifar10_pipeline.yaml``), submit it
+with ``cifarflow pipeline submit``, or run it on this machine with ``cifarflow pipeline run-local``. The
+parameters' defaults fit the minikube overlay (``k8s/overlays/minikube``); see docs/pipeline.md.
+
+Caching: ``plan`` reads the raw index and computes the content-addressed dataset id; ``preprocess`` takes only
+that id and parameters (no upstream artifact), so KFP's cache key is stable while the dataset is unchanged and
+an unchanged dataset is never recomputed. ``ingest`` and ``plan`` always run (cheap, and they are what notices
+a changed source); ``train`` and ``evaluate`` run every time (each run trains its own model).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+
+from . import components as c
+
+PIPELINE_NAME = "cifarflow-cifar10"
+
+# Pod deadlines (activeDeadlineSeconds). The Spark/TF jobs a step launches get its deadline minus a margin, so
+# the step deletes a job that overruns (and says so) before Kubernetes kills the step's own pod.
+DEADLINES = {
+    "ingest": 2 * 3600,
+    "plan": 600,
+    "preprocess": 6 * 3600,
+    "train": 48 * 3600,
+    "evaluate": 2 * 3600,
+}
+JOB_MARGIN_S = 600
+
+# Bucket credentials for S3-compatible stores (MinIO/SeaweedFS). Optional, so the same pipeline runs on GKE
+# with Workload Identity and no Secret at all.
+BUCKET_SECRET_KEYS = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+}
+
+
+def _on_cluster(task: dsl.PipelineTask, step: str, image: str, bucket_secret: str) -> None:
+    """What every task needs in a cluster: the pipeline image, the bucket Secret as env and a deadline."""
+    task.set_container_image(image)
+    kubernetes.use_secret_as_env(
+        task, secret_name=bucket_secret, secret_key_to_env=BUCKET_SECRET_KEYS, optional=True
+    )
+    kubernetes.set_timeout(task, DEADLINES[step])
+    task.set_display_name(step)
+
+
+class Outputs(NamedTuple):
+    dataset: dsl.Dataset
+    model: dsl.Model
+    metrics: dsl.Metrics
+    confusion: dsl.ClassificationMetrics
+    report: dsl.HTML
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="CIFAR-10 from a bucket to an evaluated model: Spark preprocessing (SparkApplication), "
+    "TensorFlow training (TFJob), evaluation with a report.",
+)
+def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with positional arguments
+    source: str = "cifar10",
+    workdir: str = "s3://cifarflow/work",
+    s3_endpoint: str = "http://seaweedfs.cifarflow.svc:8333",
+    backend: str = "k8s",
+    namespace: str = "cifarflow",
+    pipeline_image: str = c.IMAGE,
+    spark_image: str = "cifarflow-spark:latest",
+    trainer_image: str = "cifarflow-trainer:latest",
+    bucket_secret: str = "cifarflow-s3",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    partitions: int = 0,
+    spark_executors: int = 2,
+    spark_executor_cores: int = 1,
+    spark_executor_memory: str = "1g",
+    spark_driver_memory: str = "1g",
+    train_workers: int = 2,
+    gpus_per_worker: int = 0,
+    model: str = "resnet20",
+    epochs: int = 30,
+    batch_size: int = 128,
+) -> Outputs:
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+
+    ingest = c.ingest(source=source, workdir=workdir, s3_endpoint=s3_endpoint)
+    ingest.set_caching_options(False).set_retry(num_retries=2, backoff_duration="30s")
+    _on_cluster(ingest, "ingest", pipeline_image, bucket_secret)
+
+    plan = c.plan(
+        raw_url=ingest.output,
+        val_fraction=val_fraction,
+        seed=seed,
+        s3_endpoint=s3_endpoint,
+    )
+    plan.set_caching_options(False)
+    _on_cluster(plan, "plan", pipeline_image, bucket_secret)
+
+    preprocess = c.preprocess(
+        dataset_id=plan.output,
+        raw_url=ingest.output,
+        workdir=workdir,
+        val_fraction=val_fraction,
+        seed=seed,
+        partitions=partitions,
+        backend=backend,
+        namespace=namespace,
+        spark_image=spark_image,
+        spark_executors=spark_executors,
+        spark_executor_cores=spark_executor_cores,
+        spark_executor_memory=spark_executor_memory,
+        spark_driver_memory=spark_driver_memory,
+        bucket_secret=bucket_secret,
+        s3_endpoint=s3_endpoint,
+        run_id=run_id,
+        timeout_s=DEADLINES["preprocess"] - JOB_MARGIN_S,
+    )
+    # Cached on the dataset id (and the job's settings); a retry re-attaches to the same SparkApplication.
+    preprocess.set_caching_options(True).set_retry(num_retries=1, backoff_duration="60s")
+    _on_cluster(preprocess, "preprocess", pipeline_image, bucket_secret)
+
+    train = c.train(
+        dataset=preprocess.outputs["dataset"],
+        workdir=workdir,
+        model_name=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        backend=backend,
+        namespace=namespace,
+        trainer_image=trainer_image,
+        workers=train_workers,
+        gpus_per_worker=gpus_per_worker,
+        bucket_secret=bucket_secret,
+        s3_endpoint=s3_endpoint,
+        run_id=run_id,
+        timeout_s=DEADLINES["train"] - JOB_MARGIN_S,
+    )
+    # A retry re-attaches to the run's TFJob, which resumes from its last checkpoint.
+    train.set_caching_options(False).set_retry(num_retries=1, backoff_duration="60s")
+    _on_cluster(train, "train", pipeline_image, bucket_secret)
+
+    evaluate = c.evaluate(
+        dataset=preprocess.outputs["dataset"], model=train.outputs["model"], s3_endpoint=s3_endpoint
+    )
+    # Evaluation runs TensorFlow in the step's own pod (CPU); the test split is small.
+    evaluate.set_caching_options(False).set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
+    _on_cluster(evaluate, "evaluate", pipeline_image, bucket_secret)
+
+    return Outputs(
+        dataset=preprocess.outputs["dataset"],
+        model=train.outputs["model"],
+        metrics=evaluate.outputs["metrics"],
+        confusion=evaluate.outputs["confusion"],
+        report=evaluate.outputs["report"],
+    )

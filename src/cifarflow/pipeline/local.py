@@ -1,0 +1,164 @@
+"""Run the KFP pipeline on this machine with ``kfp.local``: the same components, no cluster.
+
+Each component runs as a subprocess of this Python (``use_venv=False``: the environment that has cifarflow),
+with ``backend=local`` so preprocess runs Spark in local mode and train runs TensorFlow on the CPU. kfp.local
+streams every task's output, executor inputs included, to stdout; here it goes to a log file under the
+pipeline root; only task progress and cifarflow's own log lines reach the terminal (``cifarflow -v``: all).
+
+kfp.local's limits, and how this pipeline stays inside them: it runs lightweight Python components only (every
+component here is one); it cannot feed constant artifacts into a pipeline (none here: artifacts only flow
+between tasks); integers in artifact metadata come back as floats (readers here use URIs and strings, never
+metadata ints); platform settings (kfp-kubernetes Secrets, timeouts, images) are ignored, as there is no pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from cifarflow.errors import CifarflowError, InputError, JobError
+from cifarflow.pipeline import definition
+
+log = logging.getLogger(__name__)
+
+# What differs from the cluster defaults when the pipeline runs here.
+LOCAL_OVERRIDES = {"backend": "local", "s3_endpoint": ""}
+DEFAULT_WORKDIR = "work"
+
+_ERROR_LINE = re.compile(r"^\s*error: (?P<problem>.*?)(?: \(fix: (?P<fix>.*)\))?\s*$")
+_PROGRESS = re.compile(r"Executing task|finished with status|\b(INFO|WARNING|ERROR) cifarflow|^\s*error: ")
+_TASK_FAILED = re.compile(r"Task '?(?:\x1b\[\d+m)?(?P<task>[\w-]+)")
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    kind: str
+    uri: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    pipeline_root: Path
+    log_file: Path
+    outputs: dict[str, Output]
+    seconds: float
+
+
+def arguments(params: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
+    """The cluster defaults, with :data:`LOCAL_OVERRIDES` and a local workdir, under what the user gave."""
+    chosen = {**LOCAL_OVERRIDES, "workdir": os.path.abspath(workdir or DEFAULT_WORKDIR)}
+    return {**chosen, **params}
+
+
+def run_local(
+    params: dict[str, Any],
+    *,
+    pipeline_root: str | os.PathLike[str],
+    echo: IO[str] | None,
+    verbose: bool = False,
+) -> LocalRun:
+    """Run the whole pipeline here. ``echo`` receives progress lines (all lines when ``verbose``)."""
+    from kfp import local
+
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    logfile = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    pipeline = definition.pipeline_func()
+    # The components' TensorFlow and Spark start in subprocesses that inherit this environment.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    started = time.monotonic()
+    with open(logfile, "w", encoding="utf-8") as sink:
+        tee = _Tee(sink, echo, verbose)
+        try:
+            with contextlib.redirect_stdout(tee), warnings.catch_warnings():
+                # "custom or non-Python base image": expected, the image is ignored by the SubprocessRunner.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                task = pipeline(**params)
+        except CifarflowError:
+            raise
+        except Exception as exc:
+            raise tee.failure(exc, logfile) from None
+        finally:
+            tee.flush()
+    outputs = {name: _output(name, art) for name, art in (getattr(task, "outputs", None) or {}).items()}
+    return LocalRun(root, logfile, outputs, time.monotonic() - started)
+
+
+def _output(name: str, artifact: Any) -> Output:
+    return Output(
+        name=name,
+        kind=getattr(artifact, "schema_title", type(artifact).__name__),
+        uri=str(artifact.uri),
+        metadata=dict(artifact.metadata),
+    )
+
+
+class _Tee(io.TextIOBase):
+    """Everything to the log file; progress (or everything) to ``echo``; remembers the last ``error:``
+    line."""
+
+    def __init__(self, sink: IO[str], echo: IO[str] | None, verbose: bool) -> None:
+        self.sink, self.echo, self.verbose = sink, echo, verbose
+        self.partial = ""
+        self.error: CifarflowError | None = None
+        self.failed_task: str | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.sink.write(text)
+        self.partial += text
+        *lines, self.partial = self.partial.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial:
+            self._line(self.partial)
+            self.partial = ""
+        self.sink.flush()
+        if self.echo is not None:
+            self.echo.flush()
+
+    def _line(self, line: str) -> None:
+        match = _ERROR_LINE.match(_plain(line))
+        if match:
+            self.error = _error(match.group("problem"), match.group("fix"))
+        if "finished with status" in line and "FAILURE" in line:
+            task = _TASK_FAILED.search(_plain(line))
+            self.failed_task = task.group("task") if task else None
+        if self.echo is not None and (self.verbose or _PROGRESS.search(_plain(line))):
+            self.echo.write(line + "\n")
+
+    def failure(self, exc: Exception, logfile: Path) -> CifarflowError:
+        """The error to report: the failing step's own one-line error where it printed one."""
+        where = f"step {self.failed_task}" if self.failed_task else "the local pipeline run"
+        if self.error is not None:
+            return type(self.error)(f"{where} failed: {self.error.problem}", self.error.fix)
+        return JobError(f"{where} failed: {_first_line(exc)}", f"read the step's log in {logfile}")
+
+
+def _error(problem: str, fix: str | None) -> CifarflowError:
+    return InputError(problem, fix) if fix else JobError(problem)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _plain(str(exc)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
