@@ -101,20 +101,21 @@ class S3Server:
         return Store(StorageConfig(s3_endpoint=self.endpoint))
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A moto S3 API server on 127.0.0.1 with fake credentials in the environment."""
+@contextlib.contextmanager
+def _moto(logdir: Path, **env: str) -> Iterator[S3Server]:
     port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
-    logfile = tmp_path_factory.mktemp("moto") / "moto.log"
     with pytest.MonkeyPatch.context() as mp:
         for key, value in FAKE_AWS.items():
             mp.setenv(key, value)
         # Requests to 127.0.0.1 must not go through a proxy the machine may have configured.
         mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        with open(logfile, "wb") as log:
+        with open(logdir / "moto.log", "wb") as log:
             proc = subprocess.Popen(
-                [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+                [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
             )
         endpoint = f"http://127.0.0.1:{port}"
         try:
@@ -122,6 +123,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             yield S3Server(endpoint, env={**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint, "NO_PROXY": "127.0.0.1"})
         finally:
             stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto S3 API server on 127.0.0.1 with fake credentials in the environment."""
+    with _moto(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto server that checks credentials like AWS does: the fake keys in the environment are rejected
+    (``INITIAL_NO_AUTH_ACTION_COUNT=0`` turns on moto's IAM authentication from the first request)."""
+    with _moto(tmp_path_factory.mktemp("moto-auth"), INITIAL_NO_AUTH_ACTION_COUNT="0") as server:
+        yield server
 
 
 @pytest.fixture

@@ -196,8 +196,14 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             bucket = path.split("/", 1)[0] if not _is_local(fs) else None
-            if bucket is not None and not fs.exists(bucket):
-                raise StorageError(f"bucket {bucket!r} of {redact(url)} does not exist", "create it first")
+            if bucket is not None:
+                # One request. Unlike exists(), info() raises the real reason (403, unreachable).
+                try:
+                    fs.info(bucket)
+                except FileNotFoundError:
+                    raise StorageError(
+                        f"bucket {bucket!r} of {redact(url)} does not exist", "create it first"
+                    ) from None
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:

@@ -1,0 +1,395 @@
+"""``cifarflow ingest``: streaming, checksums, idempotence, resume, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarflow.cli import main
+from cifarflow.data import cifar, ingest, synth
+from cifarflow.errors import InputError
+from cifarflow.storage import StorageConfig, Store
+
+TRAIN, TEST = 300, 100
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small synthetic archives in all four CIFAR variants."""
+    out = tmp_path_factory.mktemp("archives")
+    paths = {}
+    for fmt, classes in [("python", 10), ("binary", 10), ("python", 100), ("binary", 100)]:
+        url = synth.write_archive(
+            str(out), train=TRAIN, test=TEST, fmt=fmt, classes=classes, seed=1, store=Store()
+        )
+        paths[f"cifar{classes}-{fmt}"] = Path(url[len("file://") :])
+    return paths
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+@pytest.fixture
+def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only errors on stderr, so a test can assert the error is the one and only line."""
+    monkeypatch.setenv("CIFARFLOW_LOG_LEVEL", "ERROR")
+
+
+def check_raw(store: Store, raw_url: str, layout: str) -> dict[str, int]:
+    """Decode every landed member through cifar.py; returns images per split."""
+    index = ingest.load_raw(store, raw_url)
+    assert index.layout == layout
+    lay = index.layout_info
+    counts = {"train": 0, "test": 0}
+    names = [m for m in index.members if m.path == lay.meta]
+    assert len(names) == 1
+    assert len(cifar.label_names(store.read_bytes(index.url(raw_url, names[0])), lay)) == lay.num_classes
+    for member in index.members:
+        data = store.read_bytes(index.url(raw_url, member))
+        assert len(data) == member.bytes and hashlib.sha256(data).hexdigest() == member.sha256
+        if member.split == "meta":
+            continue
+        decode = cifar.decode_python if lay.kind == "python" else cifar.decode_binary
+        batch = decode(data, lay, member.name)
+        assert len(batch) == member.rows
+        counts[member.split] += len(batch)
+    return counts
+
+
+# -- happy paths ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["cifar10-python", "cifar10-binary", "cifar100-python", "cifar100-binary"])
+def test_ingest_local(archives: dict[str, Path], tmp_path: Path, layout: str) -> None:
+    store = Store()
+    result = ingest.ingest(str(archives[layout]), str(tmp_path / "work"), store=store)
+    assert result.layout == layout and not result.reused
+    assert result.archive_md5 == md5_of(archives[layout])
+    assert result.raw_url == f"file://{tmp_path}/work/raw"
+    assert check_raw(store, result.raw_url, layout) == {"train": TRAIN, "test": TEST}
+    index = ingest.load_raw(store, result.raw_url)
+    assert index.folder == result.archive_md5[:16]
+    assert index.archive.bytes == archives[layout].stat().st_size
+    assert index.archive.sha256 == hashlib.sha256(archives[layout].read_bytes()).hexdigest()
+    # The members land byte for byte as they are in the archive.
+    with tarfile.open(archives[layout]) as tar:
+        for member in index.members:
+            original = tar.extractfile(member.name).read()  # type: ignore[union-attr]
+            assert (tmp_path / "work" / "raw" / index.folder / member.path).read_bytes() == original
+
+
+def test_ingest_to_s3(s3_server, s3_bucket, archives) -> None:
+    store = s3_server.store()
+    result = ingest.ingest(str(archives["cifar10-python"]), s3_bucket + "/work", store=store)
+    assert result.raw_url == s3_bucket + "/work/raw"
+    assert check_raw(store, result.raw_url, "cifar10-python") == {"train": TRAIN, "test": TEST}
+
+
+def test_ingest_to_gcs(gcs_server, gcs_bucket, archives) -> None:
+    store = gcs_server.store()
+    result = ingest.ingest(str(archives["cifar10-binary"]), gcs_bucket + "/work", store=store)
+    assert check_raw(store, result.raw_url, "cifar10-binary") == {"train": TRAIN, "test": TEST}
+
+
+def test_bucket_source_reused_without_reading(s3_server, s3_bucket, archives, monkeypatch) -> None:
+    store = s3_server.store()
+    src = s3_bucket + "/in/cifar-10-python.tar.gz"
+    store.put_file(str(archives["cifar10-python"]), src)
+    first = ingest.ingest(src, s3_bucket + "/work", store=store)
+    assert not first.reused and first.archive_md5 == md5_of(archives["cifar10-python"])
+
+    # The bucket knows the object's md5 (its ETag): a rerun must not read the archive at all.
+    def no_reads(*args, **kwargs):
+        raise AssertionError("the archive was read again")
+
+    monkeypatch.setattr(ingest, "open_source", no_reads)
+    assert ingest.ingest(src, s3_bucket + "/work", store=store).reused
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server (the stand-in for a download site) serving a folder."""
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_ingest_from_http(http_root, archives, tmp_path) -> None:
+    base, root = http_root
+    shutil.copy(archives["cifar100-python"], root / "c100.tar.gz")
+    md5 = md5_of(archives["cifar100-python"])
+    # With the md5 known up front: one streaming pass, checked at the end.
+    known = ingest.ingest(f"{base}/c100.tar.gz", str(tmp_path / "a"), store=Store(), md5=md5.upper())
+    # Without it: spooled to local disk once (the folder is named by the md5), then landed.
+    unknown = ingest.ingest(f"{base}/c100.tar.gz", str(tmp_path / "b"), store=Store())
+    assert known.archive_md5 == unknown.archive_md5 == md5
+    a = (tmp_path / "a" / "raw" / "_ingest.json").read_text()
+    assert a == (tmp_path / "b" / "raw" / "_ingest.json").read_text()
+
+
+# -- idempotence and resume ----------------------------------------------------------------------------------
+
+
+def counting(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every write the store makes."""
+    writes: list[str] = []
+    for name in ("write_bytes", "put_file"):
+        original = getattr(store, name)
+
+        def wrapped(*args, _original=original, _url=0 if name == "write_bytes" else 1, **kwargs):
+            writes.append(str(args[_url]))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, wrapped)
+    return writes
+
+
+def test_second_run_does_no_work(archives, tmp_path, monkeypatch) -> None:
+    store = Store()
+    src, dest = str(archives["cifar10-python"]), str(tmp_path / "work")
+    first = ingest.ingest(src, dest, store=store)
+    assert first.written == first.members == 7  # meta + 5 batches + test
+    writes = counting(store, monkeypatch)
+    again = ingest.ingest(src, dest, store=store)
+    assert again.reused and writes == []
+    assert again.archive_md5 == first.archive_md5
+
+
+def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
+    src = str(archives["cifar10-binary"])
+    clean = ingest.ingest(src, str(tmp_path / "clean"), store=Store())
+    marker = (tmp_path / "clean" / "raw" / "_ingest.json").read_text()
+
+    # "Die" at the 10th write: the meta file and batches 1-3 have landed with their completion records, batch
+    # 4
+    # has landed without one (so it must be redone), the rest not at all.
+    store = Store()
+    writes = counting(store, monkeypatch)
+    original = store.write_bytes
+
+    def crash(url: str, data: bytes) -> None:
+        if len(writes) >= 9:
+            raise KeyboardInterrupt
+        original(url, data)
+
+    monkeypatch.setattr(store, "write_bytes", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ingest.ingest(src, str(tmp_path / "work"), store=store)
+    raw = tmp_path / "work" / "raw"
+    assert not (raw / "_ingest.json").exists()
+    with pytest.raises(InputError, match="never finished"):
+        ingest.load_raw(Store(), str(raw))
+
+    store = Store()
+    writes = counting(store, monkeypatch)
+    resumed = ingest.ingest(src, str(tmp_path / "work"), store=store)
+    assert not resumed.reused
+    assert resumed.written == clean.members - 4  # batch 4, batch 5, test: the others were skipped
+    assert (raw / "_ingest.json").read_text() == marker
+    assert writes[-1].endswith("/raw/_ingest.json")
+
+
+def test_a_new_archive_replaces_the_commit(archives, tmp_path) -> None:
+    store = Store()
+    dest = str(tmp_path / "work")
+    ingest.ingest(str(archives["cifar10-python"]), dest, store=store)
+    result = ingest.ingest(str(archives["cifar10-binary"]), dest, store=store)
+    assert ingest.load_raw(store, result.raw_url).layout == "cifar10-binary"
+
+
+def test_load_raw_without_ingest(tmp_path) -> None:
+    with pytest.raises(InputError, match="no ingested archive"):
+        ingest.load_raw(Store(), str(tmp_path / "raw"))
+
+
+# -- bad input: one line, exit 2, nothing committed ----------------------------------------------------------
+
+
+def make_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def py_batch(rows: int, label: int = 0, width: int = 3072) -> bytes:
+    data = np.zeros((rows, width), np.uint8)
+    return pickle.dumps({b"data": data, b"labels": [label] * rows, b"batch_label": b"x"}, protocol=2)
+
+
+META = pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2)
+
+
+class Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo owned",))
+
+
+def cifar_tar(tmp: Path, **batches: bytes) -> Path:
+    members = {"cifar-10-batches-py/batches.meta": META}
+    members.update({f"cifar-10-batches-py/{k}": v for k, v in batches.items()})
+    return make_tar(tmp / "bad.tar.gz", members)
+
+
+def truncated(tmp: Path, archives: dict[str, Path]) -> Path:
+    data = archives["cifar10-python"].read_bytes()
+    (tmp / "cut.tar.gz").write_bytes(data[: len(data) * 6 // 10])
+    return tmp / "cut.tar.gz"
+
+
+def corrupt(tmp: Path, archives: dict[str, Path]) -> Path:
+    (tmp / "noise.tar.gz").write_bytes(np.random.default_rng(0).integers(0, 256, 100_000, np.uint8).tobytes())
+    return tmp / "noise.tar.gz"
+
+
+BAD: dict[str, tuple[Callable[[Path, dict[str, Path]], Path], str]] = {
+    "truncated": (truncated, "is truncated"),
+    "corrupt": (corrupt, "is not a readable tar.gz"),
+    "not cifar": (lambda t, a: make_tar(t / "x.tar.gz", {"photos/cat.jpg": b"\xff"}), "not a CIFAR-10/100"),
+    "no batches": (lambda t, a: cifar_tar(t), "holds no train images"),
+    "zero rows": (lambda t, a: cifar_tar(t, data_batch_1=py_batch(0), test_batch=py_batch(0)), "no images"),
+    "no test split": (lambda t, a: cifar_tar(t, data_batch_1=py_batch(3)), "holds no test images"),
+    "unsafe pickle": (
+        lambda t, a: cifar_tar(t, data_batch_1=pickle.dumps({b"data": Exploit()}, protocol=2)),
+        "unsafe pickle: it tries to load posix.system",
+    ),
+    "wrong image size": (lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, width=1024)), "shape 2x1024"),
+    "label out of range": (lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, label=10)), "label 10 is out"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_archive(case: str, archives, tmp_path, capsys, quiet) -> None:
+    build, message = BAD[case]
+    src = build(tmp_path, archives)
+    dest = tmp_path / "work"
+    code, _, err = run_cli(capsys, "ingest", "--source", str(src), "--dest", str(dest))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and "(fix: " in err, err
+    assert message in err
+    assert files_under(dest) == []  # nothing committed, nothing half-written
+
+
+def test_md5_mismatch(archives, tmp_path, capsys, quiet) -> None:
+    code, _, err = run_cli(
+        capsys,
+        "ingest",
+        "--source",
+        str(archives["cifar10-python"]),
+        "--dest",
+        str(tmp_path),
+        "--md5",
+        "0" * 32,
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: md5 mismatch") and "expected 00000000" in err
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.usefixtures("quiet")
+def test_named_dataset_checks_the_published_md5(http_root, archives, tmp_path, capsys, monkeypatch) -> None:
+    # A mirror serving something that is not the real CIFAR-10: the published md5 catches it.
+    base, root = http_root
+    shutil.copy(archives["cifar10-python"], root / "cifar-10-python.tar.gz")
+    monkeypatch.setenv("CIFARFLOW_CIFAR_MIRROR", base)
+    code, _, err = run_cli(capsys, "ingest", "--source", "cifar10", "--dest", str(tmp_path / "w"))
+    assert code == 2 and err.count("\n") == 1
+    assert "md5 mismatch" in err and "c58f30108f718f92721af3b95e74349a" in err
+    assert files_under(tmp_path / "w") == []
+
+
+def test_no_network(tmp_path, capsys, quiet, monkeypatch, dead_endpoint) -> None:
+    monkeypatch.setenv("CIFARFLOW_CIFAR_MIRROR", dead_endpoint + "/~kriz")
+    code, _, err = run_cli(capsys, "ingest", "--source", "cifar10", "--dest", str(tmp_path / "w"))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: cannot download cifar10 from http://127.0.0.1:")
+    assert "--source PATH" in err and "cifarflow synth" in err
+    assert files_under(tmp_path) == []
+
+
+def test_unreachable_download_url(tmp_path, capsys, quiet, dead_endpoint) -> None:
+    code, _, err = run_cli(capsys, "ingest", "--source", dead_endpoint + "/x.tar.gz", "--dest", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "error: cannot download http://127.0.0.1:" in err
+    assert files_under(tmp_path) == []
+
+
+def test_missing_source(tmp_path, capsys, quiet) -> None:
+    code, _, err = run_cli(
+        capsys, "ingest", "--source", str(tmp_path / "nope.tar.gz"), "--dest", str(tmp_path)
+    )
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+
+
+def test_unreachable_bucket_endpoint(archives, capsys, quiet, s3_server, dead_endpoint) -> None:
+    code, _, err = run_cli(
+        capsys,
+        "ingest",
+        "--source",
+        str(archives["cifar10-python"]),
+        "--dest",
+        "s3://bucket/work",
+        "--s3-endpoint",
+        dead_endpoint,
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot reach the storage endpoint" in err and "--s3-endpoint" in err
+
+
+def test_missing_bucket(archives, capsys, quiet, s3_server) -> None:
+    code, _, err = run_cli(
+        capsys, "ingest", "--source", str(archives["cifar10-python"]), "--dest", "s3://no-such-bucket/w",
+        "--s3-endpoint", s3_server.endpoint,
+    )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+
+
+def test_wrong_credentials(archives, capsys, quiet, s3_auth_server) -> None:
+    code, _, err = run_cli(
+        capsys, "ingest", "--source", str(archives["cifar10-python"]), "--dest", "s3://bucket/w",
+        "--s3-endpoint", s3_auth_server.endpoint,
+    )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert "access denied to s3://bucket/w" in err and "AWS_ACCESS_KEY_ID" in err
+
+
+def test_bad_md5_argument(tmp_path) -> None:
+    with pytest.raises(InputError, match="not an md5 sum"):
+        ingest.ingest("cifar10", str(tmp_path), store=Store(StorageConfig()), md5="xyz")
