@@ -494,37 +494,33 @@ def read_source(store: Store, raw_url: str) -> Source:
 
     raw_url = normalize(raw_url).rstrip("/")
     index = load_raw(store, raw_url)
-    layout = LAYOUTS.get(index.layout)
-    if layout is None:
-        raise InputError(f"{redact(raw_url)}: unknown layout {index.layout!r}", "re-run `cifarflow ingest`")
-    members: list[RawMember] = []
-    meta_url = None
-    for m in index.members:
-        url = m.path if "://" in m.path else join(raw_url, m.path)
-        if m.split == "meta":
-            meta_url = url
-        elif m.split in ("train", "test"):
-            members.append(RawMember(posixpath.basename(m.name), url, m.split, m.bytes, m.sha256))
+    layout = LAYOUTS[index.layout]
+    members = [
+        RawMember(m.path, index.url(raw_url, m), m.split, m.bytes, m.sha256)
+        for m in index.members
+        if m.split in ("train", "test")
+    ]
+    meta = [m for m in index.members if m.path == layout.meta]
     for split in ("train", "test"):
         if not any(m.split == split for m in members):
             raise InputError(
                 f"{redact(raw_url)} holds no {split} files",
                 "the archive is empty or not a whole CIFAR archive",
             )
-    if meta_url is None:
+    if not meta:
         raise InputError(f"{redact(raw_url)} has no {layout.meta}", "re-run `cifarflow ingest`")
-    archive = index.archive
-    checksum = archive.sha256 or archive.md5
     description = {
         "raw": redact(raw_url),
         "layout": layout.name,
-        "archive_md5": archive.md5,
-        "archive_sha256": archive.sha256,
-        "archive_bytes": archive.bytes,
+        "archive": index.archive.source,
+        "archive_md5": index.archive.md5,
+        "archive_sha256": index.archive.sha256,
+        "archive_bytes": index.archive.bytes,
     }
     # Train files first, then test, each in the index's (archive) order: this fixes the shard numbers.
     members.sort(key=lambda m: 0 if m.split == "train" else 1)
-    return Source(raw_url, layout, checksum, description, members, meta_url)
+    meta_url = index.url(raw_url, meta[0])
+    return Source(raw_url, layout, index.archive.sha256, description, members, meta_url)
 
 
 def parameters(source: Source, val_fraction: float, seed: int) -> dict[str, Any]:
@@ -544,7 +540,6 @@ def check_destination(store: Store, out: str, dataset_url: str, ds_id: str, para
     remove = f"remove {redact(dataset_url)} or pick another --out"
     try:
         existing, base = mf.load(store, dataset_url)
-        mf.verify(store, existing, base)
     except InputError as exc:
         raise ConflictError(f"{redact(dataset_url)} holds a damaged dataset: {exc.problem}", remove) from None
     if existing.dataset_id != ds_id or existing.parameters != params:
@@ -553,6 +548,10 @@ def check_destination(store: Store, out: str, dataset_url: str, ds_id: str, para
             f"{existing.parameters})",
             remove,
         )
+    try:
+        mf.verify(store, existing, base)
+    except InputError as exc:
+        raise ConflictError(f"{redact(dataset_url)} holds a damaged dataset: {exc.problem}", remove) from None
     return True
 
 
