@@ -1,0 +1,106 @@
+"""tf.data pipelines over a committed dataset, and the in-graph augmentation the training step applies.
+
+Files are sharded per worker through the strategy's ``InputContext``; each worker reads its files through the
+store a Parquet row group at a time and shuffles/batches them in numpy (``source.batches``: one Python call
+per batch, never per image); tf.data hands the uint8 batches over and prefetches them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from cifarflow.errors import CifarflowError, marked
+from cifarflow.train.source import DataSource, batches
+
+log = logging.getLogger(__name__)
+
+PAD = 4  # pixels of reflection padding before the random 32x32 crop
+
+
+def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Random crop of the 4-pixel reflection-padded image and a random horizontal flip, per image, on uint8.
+
+    Vectorised as ONE gather for the whole batch: each output pixel's source index is computed with integer
+    arithmetic (reflection included), so no padded copy is made and no op runs per image. On CPU this is 6x
+    faster than padding and gathering rows then columns (322k vs 56k images/s measured); stateless randomness
+    keeps it reproducible and XLA-compilable, so it runs inside the (jit-compiled) training step on the
+    accelerator.
+    """
+    shape = tf.shape(images)
+    n, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    dy = tf.random.stateless_uniform([n], seeds[0], -PAD, PAD + 1, dtype=tf.int32)
+    dx = tf.random.stateless_uniform([n], seeds[1], -PAD, PAD + 1, dtype=tf.int32)
+    flip = tf.random.stateless_uniform([n], seeds[2], 0, 2, dtype=tf.int32)
+    rows = _reflect(dy[:, None] + tf.range(h)[None, :], h)
+    cols = _reflect(dx[:, None] + tf.range(w)[None, :], w)
+    cols = tf.where(flip[:, None] > 0, tf.reverse(cols, [1]), cols)
+    index = tf.range(n)[:, None, None] * (h * w) + rows[:, :, None] * w + cols[:, None, :]
+    return tf.gather(tf.reshape(images, [-1, c]), index)
+
+
+def _reflect(i: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Mirror out-of-range indices without repeating the edge (like tf.pad's REFLECT): -1 -> 1."""
+    last = size - 1
+    return last - tf.abs(last - tf.abs(i))
+
+
+# Batches handed over per Python call: from_generator costs ~3.5 us/image at one batch per call, ~1.4 at 8.
+BATCHES_PER_CALL = 8
+
+
+def make_dataset(
+    source: DataSource,
+    split: str,
+    *,
+    batch_size: int,
+    training: bool,
+    context: tf.distribute.InputContext | None = None,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """Batches of ``(uint8 images (n, 32, 32, 3), int32 labels)``, raw: augmentation and normalisation are the
+    first ops of the training step, on the accelerator (see :func:`augment`), so the host ships 4x fewer bytes
+    than float32 and spends its cores on reading.
+
+    Training: this worker's files only, endless (the loop counts steps per epoch, so workers whose shards
+    differ in size still take the same number of steps), shuffled, full batches. Evaluation: every file once,
+    in order, the last batch may be short.
+    """
+    pipelines, pipeline_id = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
+    if training and len(source.files(split)) < pipelines:
+        log.warning(
+            "%s has %d files for %d workers: every worker reads all of them and keeps every %d-th image",
+            split,
+            len(source.files(split)),
+            pipelines,
+            pipelines,
+        )
+    per_call = BATCHES_PER_CALL if training else 1
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        stream = batches(
+            source, split, batch_size * per_call, training=training, shard=(pipeline_id, pipelines),
+            shuffle_buffer=shuffle_buffer, seed=seed * 1_000 + pipeline_id,  # workers draw different shuffles
+        )  # fmt: skip
+        try:
+            for images, labels in stream:
+                yield images.reshape(per_call, -1, *source.shape), labels.reshape(per_call, -1)
+        except CifarflowError as err:
+            # tf.data wraps whatever the generator raises; the marker lets the loop give back this one line.
+            raise RuntimeError(marked(err)) from err
+
+    shape = (per_call, batch_size if training else None)
+    spec = (
+        tf.TensorSpec(shape=(*shape, *source.shape), dtype=tf.uint8),
+        tf.TensorSpec(shape=shape, dtype=tf.int32),
+    )
+    ds = tf.data.Dataset.from_generator(generate, output_signature=spec).unbatch()
+    options = tf.data.Options()
+    # Files are already sharded by hand; tf.data's auto-sharding would shard them a second time.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
