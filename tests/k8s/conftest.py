@@ -1,0 +1,47 @@
+"""Fixtures for the Kubernetes tests: a fake API server per test, and fast watch settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cifarflow.k8s.client import Kube, connect
+from cifarflow.k8s.settings import K8sSettings, WatchSettings
+
+from .fakeapi import FakeApiServer, FakeCluster
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / ".." / "shared"
+CRDS = SHARED / "crds"
+
+# Short watch windows so pod checks (image pulls) happen within a test's second, and a short overall timeout.
+FAST = K8sSettings(watch=WatchSettings(timeout_s=15, window_s=0.2, log_tail_lines=50))
+
+
+def needs_crds() -> None:
+    if not CRDS.is_dir():
+        pytest.skip(f"CRD schemas not found at {CRDS} (../shared/crds beside the repository)")
+
+
+@dataclass
+class Api:
+    server: FakeApiServer
+    cluster: FakeCluster
+    tmp: Path
+
+    def kube(self, token: str = FakeCluster.ADMIN, namespace: str = "cifarflow") -> Kube:
+        cfg = self.server.kubeconfig(self.tmp / f"kubeconfig-{abs(hash(token))}", token, namespace)
+        return Kube(connect(str(cfg)), namespace)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    cluster = FakeCluster(CRDS if CRDS.is_dir() else None)
+    server = FakeApiServer(cluster).start()
+    try:
+        yield Api(server, cluster, tmp_path)
+    finally:
+        server.stop()
