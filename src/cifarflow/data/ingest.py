@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -80,6 +81,7 @@ class ArchiveInfo(_Model):
     sha256: str
     bytes: int
     source: str
+    version: str | None = None  # the source object's size + ETag, when it came from a bucket
 
 
 class RawMember(_Model):
@@ -153,6 +155,7 @@ class Source:
     shown: str  # for messages and the marker (credentials removed)
     md5: str | None  # expected md5, when known up front
     dataset: str | None = None  # cifar10/cifar100 when named
+    version: str | None = None  # a bucket object's size + ETag, recorded so reruns can skip reading it
 
 
 def resolve_source(source: str, md5: str | None) -> Source:
@@ -210,19 +213,25 @@ def open_source(source: Source, store: Store) -> Iterator[tuple[IO[bytes], int |
         yield handle, size
 
 
-def _stored_md5(source: Source, store: Store) -> str | None:
-    """The md5 a bucket already knows (GCS md5Hash; S3 ETag of a single-part upload), without reading data."""
+def _identify(source: Source, store: Store) -> tuple[str | None, str | None]:
+    """What a bucket already knows about an object, without reading it: ``(md5, version)``.
+
+    ``md5`` comes from GCS's md5Hash or the ETag of a single-part S3 upload; ``version`` (size + ETag) changes
+    whenever the object does, which covers multipart uploads, whose ETag is not an md5.
+    """
     if source.kind != "store" or source.url.startswith("file://"):
-        return None
+        return None, None
     with contextlib.suppress(Exception):
         fs, path = store.fs(source.url)
         info = fs.info(path)
-        if info.get("md5Hash"):
-            return base64.b64decode(info["md5Hash"]).hex()
         etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        version = f"{info.get('size')}:{etag}" if etag else None
+        if info.get("md5Hash"):
+            return base64.b64decode(info["md5Hash"]).hex(), version
         if len(etag) == 32 and "-" not in etag:
-            return etag.lower()
-    return None
+            return etag.lower(), version
+        return None, version
+    return None, None
 
 
 class _SourceFailed(Exception):
@@ -510,8 +519,12 @@ def ingest(source: str, dest: str, *, store: Store, md5: str | None = None) -> I
     with tempfile.TemporaryDirectory(prefix="cifarflow-ingest-") as tmpdir:
         expected = src.md5
         if expected is None:
-            hint = _stored_md5(src, store)
-            if committed is not None and hint == committed.archive.md5:
+            known, version = _identify(src, store)
+            src = dataclasses.replace(src, version=version)
+            if committed is not None and (
+                known == committed.archive.md5
+                or (version and (committed.archive.source, committed.archive.version) == (src.shown, version))
+            ):
                 return _reused(raw_url, committed)
             # The folder is named by the md5, so it must be known before anything lands: hash a local file in
             # place; spool anything remote to local disk once (one download, not two).
@@ -544,7 +557,7 @@ def _prepare_unknown(src: Source, store: Store, tmpdir: str) -> tuple[Source, st
         while n := _read_source(reader, buf):
             out.write(memoryview(buf)[:n])
     log.info("downloaded %s (%d bytes) to a local spool", src.shown, reader.bytes)
-    spooled = Source("store", "file://" + spool, src.shown, reader.md5.hexdigest(), src.dataset)
+    spooled = dataclasses.replace(src, kind="store", url="file://" + spool, md5=reader.md5.hexdigest())
     return spooled, reader.md5.hexdigest()
 
 
@@ -606,7 +619,13 @@ def _land(src: Source, expected: str, raw_url: str, store: Store, tmpdir: str) -
     assert landing is not None
     index = RawIndex(
         layout=layout.name,
-        archive=ArchiveInfo(md5=got, sha256=reader.sha256.hexdigest(), bytes=reader.bytes, source=src.shown),
+        archive=ArchiveInfo(
+            md5=got,
+            sha256=reader.sha256.hexdigest(),
+            bytes=reader.bytes,
+            source=src.shown,
+            version=src.version,
+        ),
         folder=folder,
         members=members,
     )
