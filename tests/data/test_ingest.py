@@ -321,6 +321,25 @@ def test_bad_archive(case: str, archives, tmp_path, capsys, quiet) -> None:
     assert files_under(dest) == []  # nothing committed, nothing half-written
 
 
+def test_member_paths_cannot_escape_the_folder(tmp_path) -> None:
+    evil = "cifar-10-batches-py/data_batch_1/../../../../escaped"
+    src = cifar_tar(tmp_path, data_batch_1=py_batch(2), test_batch=py_batch(2))
+    with tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as tar:
+        with tarfile.open(src) as good:
+            for info in good.getmembers():
+                tar.addfile(info, good.extractfile(info))
+        info = tarfile.TarInfo(evil)
+        info.size = len(py_batch(2))
+        tar.addfile(info, io.BytesIO(py_batch(2)))
+    result = ingest.ingest(str(tmp_path / "evil.tar.gz"), str(tmp_path / "a" / "b" / "work"), store=Store())
+    assert [m.path for m in ingest.load_raw(Store(), result.raw_url).members] == [
+        "batches.meta",
+        "data_batch_1",
+        "test_batch",
+    ]
+    assert not any(p.name == "escaped" for p in tmp_path.rglob("*"))
+
+
 def test_md5_mismatch(archives, tmp_path, capsys, quiet) -> None:
     code, _, err = run_cli(
         capsys,

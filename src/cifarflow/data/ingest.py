@@ -345,6 +345,10 @@ class _Landing:
 
 
 def _member_kind(layout: cifar.Layout, rel: str) -> Kind | None:
+    if not rel or "/" in rel or rel in (".", ".."):
+        return (
+            None  # CIFAR members sit directly under the root; "data_batch_1/../../x" must not land anywhere
+        )
     split = layout.split_of(rel)
     if split is not None:
         return split
