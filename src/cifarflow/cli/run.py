@@ -1,1 +1,74 @@
-"""run commands (filled in by their issue)."""
+"""``cifarflow run``: the whole pipeline in one process (ingest -> preprocess -> train -> evaluate)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from cifarflow.cli.common import S3Endpoint, app, make_store, out
+from cifarflow.cli.train import DEFAULTS, BatchSize, Epochs, Model, ModelChoice, run_training
+from cifarflow.storage import join, normalize
+
+log = logging.getLogger(__name__)
+
+RUN_EPOCHS = 10  # a laptop-sized default: ResNet-20 on CPU, minutes per epoch on CIFAR-10
+
+
+@app.command()
+def run(
+    *,
+    source: Annotated[
+        str, typer.Option("--source", help="cifar10, cifar100, a URL or a path to a CIFAR tarball.")
+    ] = "cifar10",
+    workdir: Annotated[
+        str, typer.Option("--workdir", help="Local folder or bucket URL for every step.")
+    ] = "work",
+    epochs: Epochs = RUN_EPOCHS,
+    batch_size: BatchSize = DEFAULTS["batch_size"],
+    model: Model = ModelChoice.resnet20,
+    master: Annotated[
+        str | None, typer.Option("--master", help="Spark master for preprocessing (default: local[*]).")
+    ] = None,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Ingest, preprocess (Spark), train (TensorFlow) and evaluate; prints where the report is.
+
+    Every step is idempotent: rerunning reuses the ingested archive and the dataset, and training resumes from
+    its last checkpoint.
+    """
+    from cifarflow.data.ingest import ingest
+    from cifarflow.data.preprocess import preprocess
+    from cifarflow.train.config import TrainConfig
+    from cifarflow.train.evaluate import evaluate
+
+    store = make_store(s3_endpoint)
+    workdir = normalize(workdir)
+    landed = ingest(source, workdir, store=store)
+    out(f"raw: {landed.raw_url}")
+    dataset = preprocess(
+        landed.raw_url,
+        join(workdir, "datasets"),
+        master=master,
+        partitions=None,
+        val_fraction=0.1,
+        seed=0,
+        store=store,
+    )
+    out(f"dataset: {dataset.dataset_url}")
+    model_url = join(workdir, "models", dataset.dataset_id, model.value)
+    cfg = TrainConfig(
+        data=dataset.dataset_url,
+        out=model_url,
+        epochs=epochs,
+        batch_size=batch_size,
+        model=model.value,
+        evaluate=False,
+        s3_endpoint=s3_endpoint,
+    )
+    run_training(cfg)
+    out(f"model: {model_url}")
+    scored = evaluate(dataset.dataset_url, model_url, model_url, store=store)
+    out(f"test_accuracy: {scored.accuracy:.4f}")
+    out(f"report: {scored.report_url}")

@@ -36,20 +36,30 @@ class Saved:
     step: int
     epoch: float
     architecture: str  # TrainConfig.fingerprint: checkpoints of another architecture cannot be restored
+    batch_size: int  # the global batch fixes what a step is: resuming with another would shift the epochs
 
 
 class BucketCheckpoints:
     """Save and restore a ``tf.train.Checkpoint`` at ``url`` (``MODEL_URL/checkpoints``)."""
 
     def __init__(
-        self, store: Store, url: str, checkpoint: Any, *, is_chief: bool, keep: int, architecture: str
-    ):
+        self,
+        store: Store,
+        url: str,
+        checkpoint: Any,
+        *,
+        is_chief: bool,
+        keep: int,
+        architecture: str,
+        batch_size: int,
+    ) -> None:
         self.store = store
         self.url = url
         self.checkpoint = checkpoint
         self.is_chief = is_chief
         self.keep = keep
         self.architecture = architecture
+        self.batch_size = batch_size
         self.local = tempfile.mkdtemp(prefix="cifarflow-ckpt-")
 
     def close(self) -> None:
@@ -72,6 +82,12 @@ class BucketCheckpoints:
                 f"{redact(self.url)} holds checkpoints of a different model "
                 f"(architecture {saved.architecture}, this run is {self.architecture})",
                 "use another --out, or the same --model/--depth/--width as the run that wrote them",
+            )
+        if saved.batch_size != self.batch_size:
+            raise ConflictError(
+                f"{redact(self.url)} holds checkpoints of a run with global batch {saved.batch_size}, "
+                f"not {self.batch_size}",
+                f"pass --batch-size {saved.batch_size} to resume it, or use another --out",
             )
         return saved
 
@@ -106,7 +122,7 @@ class BucketCheckpoints:
             remote = join(self.url, name)
             for file in sorted(os.listdir(folder)):
                 self.store.put_file(os.path.join(folder, file), join(remote, file))
-            marker = Saved(name=name, step=step, epoch=epoch, architecture=self.architecture)
+            marker = Saved(name, step, epoch, self.architecture, self.batch_size)
             self.store.write_text(join(self.url, LATEST), json.dumps(marker.__dict__, indent=2) + "\n")
             log.info("checkpoint %s saved to %s", name, redact(remote))
             self._prune(keep_name=name)

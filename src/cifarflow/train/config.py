@@ -26,28 +26,34 @@ class TrainConfig(BaseModel):
     data: str
     out: str
     model: ModelName = "resnet20"
-    depth: int = Field(20, ge=8, description="ResNet-20 family only: 6n+2 layers (20, 32, 44, 56, 110)")
-    width: int | None = Field(
-        None, ge=1, description="channels of the first stage (resnet20: 16, resnet9: 64)"
+    depth: int = Field(
+        default=20, ge=8, description="ResNet-20 family only: 6n+2 layers (20, 32, 44, 56, 110)"
     )
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1, description="global batch: split across all replicas of all workers")
+    width: int | None = Field(
+        default=None, ge=1, description="channels of the first stage (resnet20: 16, resnet9: 64)"
+    )
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(
+        default=128, ge=1, description="global batch: split across all replicas of all workers"
+    )
     lr: float | None = Field(
-        None, gt=0, description="peak learning rate (default scales linearly with batch)"
+        default=None, gt=0, description="peak learning rate (default scales linearly with batch)"
     )
     schedule: Literal["onecycle", "cosine"] = "onecycle"
-    warmup: float = Field(0.15, ge=0, lt=1, description="share of the steps spent warming up")
-    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup: float = Field(default=0.15, ge=0, lt=1, description="share of the steps spent warming up")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     # Decoupled (w -= lr * wd * w each step, as Keras applies it): 5e-3 matches the usual coupled L2 of 5e-4,
     # which momentum 0.9 amplifies about tenfold.
-    weight_decay: float = Field(5e-3, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-3, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     augment: bool = True
     mixed_precision: Switch = "auto"
     xla: Switch = "auto"
-    checkpoint_every: int = Field(500, ge=0, description="steps between checkpoints (0: only at epoch ends)")
-    keep_checkpoints: int = Field(3, ge=1)
-    shuffle_buffer: int = Field(10_000, ge=1)
+    checkpoint_every: int = Field(
+        default=500, ge=0, description="steps between checkpoints (0: only at epoch ends)"
+    )
+    keep_checkpoints: int = Field(default=3, ge=1)
+    shuffle_buffer: int = Field(default=10_000, ge=1)
     seed: int = 0
     evaluate: bool = True
     s3_endpoint: str | None = None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from cifarflow.errors import CifarflowError, InputError, JobError, StorageError, unmark
+from cifarflow.errors import InputError, JobError, StorageError, unmark
 from cifarflow.storage import StorageConfig, Store, join, redact
 from cifarflow.train.config import TrainConfig
 from cifarflow.train.distribute import Role, role_from_env
@@ -158,6 +158,7 @@ class Trainer:
             is_chief=role.is_chief,
             keep=cfg.keep_checkpoints,
             architecture=self.architecture,
+            batch_size=cfg.batch_size,
         )
         self.stats_vars = [v for v in self.model.non_trainable_variables if "float" in str(v.dtype)]
         self._compute = tf.function(self._forward_backward, jit_compile=self.xla, reduce_retracing=True)
@@ -445,7 +446,7 @@ class Trainer:
                 exc, tf.errors.UnavailableError | tf.errors.CancelledError
             ):
                 raise JobError(
-                    f"a worker of the job is gone, collectives were aborted ({_first_line(exc.message)})",
+                    f"a worker of the job is gone, collectives were aborted ({_cause(exc.message)})",
                     "restart the job (a TFJob restarts failed replicas); training resumes from "
                     f"{redact(join(self.cfg.out, CHECKPOINTS))}",
                 ) from None
@@ -546,11 +547,24 @@ def smoothed_cross_entropy(labels: Any, logits: Any, num_classes: int, smoothing
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:200] if (text or "").strip() else "no details"
+def _cause(text: str | None) -> str:
+    """The line of a gRPC/collective error that says what happened to the peer."""
+    text = text or ""
+    for marker in _PEER_GONE:
+        if marker in text:
+            return marker
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no details"
 
 
-__all__ = ["CifarflowError", "Interrupted", "TrainConfig", "TrainResult", "train"]
+_PEER_GONE = (
+    "Connection reset by peer",
+    "Connection refused",
+    "Socket closed",
+    "failed to connect to all addresses",
+    "is down",
+    "Deadline Exceeded",
+)
 
 
 def _val_text(logs: dict[str, float]) -> str:
