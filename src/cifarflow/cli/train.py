@@ -72,7 +72,7 @@ class ProgressHooks:
 
 
 def quiet_tensorflow() -> None:
-    """TensorFlow's C++ INFO/WARNING lines drown the job's own log; TF_CPP_MIN_LOG_LEVEL=0 brings them back."""
+    """TensorFlow's C++ INFO/WARNING lines drown the job's log; TF_CPP_MIN_LOG_LEVEL=0 brings them back."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
