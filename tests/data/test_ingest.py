@@ -53,6 +53,19 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return int(exit_info.value.code or 0), out, err
 
 
+def one_error_line(code: int, err: str) -> str:
+    """The bad-input contract: exit 2 and exactly one line, ``error: <problem> (fix: <fix>)``."""
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "(fix: " in err, err
+    return err
+
+
+def run_ingest(
+    capsys: pytest.CaptureFixture[str], source: str, dest: str, *extra: str
+) -> tuple[int, str, str]:
+    return run_cli(capsys, "ingest", "--source", source, "--dest", dest, *extra)
+
+
 @pytest.fixture
 def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only errors on stderr, so a test can assert the error is the one and only line."""
@@ -314,10 +327,8 @@ def test_bad_archive(case: str, archives, tmp_path, capsys, quiet) -> None:
     build, message = BAD[case]
     src = build(tmp_path, archives)
     dest = tmp_path / "work"
-    code, _, err = run_cli(capsys, "ingest", "--source", str(src), "--dest", str(dest))
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: ") and "(fix: " in err, err
-    assert message in err
+    code, _, err = run_ingest(capsys, str(src), str(dest))
+    assert message in one_error_line(code, err)
     assert files_under(dest) == []  # nothing committed, nothing half-written
 
 
@@ -341,17 +352,8 @@ def test_member_paths_cannot_escape_the_folder(tmp_path) -> None:
 
 
 def test_md5_mismatch(archives, tmp_path, capsys, quiet) -> None:
-    code, _, err = run_cli(
-        capsys,
-        "ingest",
-        "--source",
-        str(archives["cifar10-python"]),
-        "--dest",
-        str(tmp_path),
-        "--md5",
-        "0" * 32,
-    )
-    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_ingest(capsys, str(archives["cifar10-python"]), str(tmp_path), "--md5", "0" * 32)
+    one_error_line(code, err)
     assert err.startswith("error: md5 mismatch") and "expected 00000000" in err
     assert files_under(tmp_path) == []
 
@@ -362,63 +364,52 @@ def test_named_dataset_checks_the_published_md5(http_root, archives, tmp_path, c
     base, root = http_root
     shutil.copy(archives["cifar10-python"], root / "cifar-10-python.tar.gz")
     monkeypatch.setenv("CIFARFLOW_CIFAR_MIRROR", base)
-    code, _, err = run_cli(capsys, "ingest", "--source", "cifar10", "--dest", str(tmp_path / "w"))
-    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_ingest(capsys, "cifar10", str(tmp_path / "w"))
+    one_error_line(code, err)
     assert "md5 mismatch" in err and "c58f30108f718f92721af3b95e74349a" in err
     assert files_under(tmp_path / "w") == []
 
 
 def test_no_network(tmp_path, capsys, quiet, monkeypatch, dead_endpoint) -> None:
     monkeypatch.setenv("CIFARFLOW_CIFAR_MIRROR", dead_endpoint + "/~kriz")
-    code, _, err = run_cli(capsys, "ingest", "--source", "cifar10", "--dest", str(tmp_path / "w"))
-    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_ingest(capsys, "cifar10", str(tmp_path / "w"))
+    one_error_line(code, err)
     assert err.startswith("error: cannot download cifar10 from http://127.0.0.1:")
     assert "--source PATH" in err and "cifarflow synth" in err
     assert files_under(tmp_path) == []
 
 
 def test_unreachable_download_url(tmp_path, capsys, quiet, dead_endpoint) -> None:
-    code, _, err = run_cli(capsys, "ingest", "--source", dead_endpoint + "/x.tar.gz", "--dest", str(tmp_path))
-    assert code == 2 and err.count("\n") == 1 and "error: cannot download http://127.0.0.1:" in err
+    code, _, err = run_ingest(capsys, dead_endpoint + "/x.tar.gz", str(tmp_path))
+    assert one_error_line(code, err) and "error: cannot download http://127.0.0.1:" in err
     assert files_under(tmp_path) == []
 
 
 def test_missing_source(tmp_path, capsys, quiet) -> None:
-    code, _, err = run_cli(
-        capsys, "ingest", "--source", str(tmp_path / "nope.tar.gz"), "--dest", str(tmp_path)
-    )
-    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+    code, _, err = run_ingest(capsys, str(tmp_path / "nope.tar.gz"), str(tmp_path))
+    assert one_error_line(code, err) and "does not exist" in err
 
 
 def test_unreachable_bucket_endpoint(archives, capsys, quiet, s3_server, dead_endpoint) -> None:
-    code, _, err = run_cli(
-        capsys,
-        "ingest",
-        "--source",
-        str(archives["cifar10-python"]),
-        "--dest",
-        "s3://bucket/work",
-        "--s3-endpoint",
-        dead_endpoint,
+    code, _, err = run_ingest(
+        capsys, str(archives["cifar10-python"]), "s3://bucket/work", "--s3-endpoint", dead_endpoint
     )
-    assert code == 2 and err.count("\n") == 1
+    one_error_line(code, err)
     assert "cannot reach the storage endpoint" in err and "--s3-endpoint" in err
 
 
 def test_missing_bucket(archives, capsys, quiet, s3_server) -> None:
-    code, _, err = run_cli(
-        capsys, "ingest", "--source", str(archives["cifar10-python"]), "--dest", "s3://no-such-bucket/w",
-        "--s3-endpoint", s3_server.endpoint,
-    )  # fmt: skip
-    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+    code, _, err = run_ingest(
+        capsys, str(archives["cifar10-python"]), "s3://no-such-bucket/w", "--s3-endpoint", s3_server.endpoint
+    )
+    assert one_error_line(code, err) and "does not exist" in err
 
 
 def test_wrong_credentials(archives, capsys, quiet, s3_auth_server) -> None:
-    code, _, err = run_cli(
-        capsys, "ingest", "--source", str(archives["cifar10-python"]), "--dest", "s3://bucket/w",
-        "--s3-endpoint", s3_auth_server.endpoint,
-    )  # fmt: skip
-    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_ingest(
+        capsys, str(archives["cifar10-python"]), "s3://bucket/w", "--s3-endpoint", s3_auth_server.endpoint
+    )
+    one_error_line(code, err)
     assert "access denied to s3://bucket/w" in err and "AWS_ACCESS_KEY_ID" in err
 
 
