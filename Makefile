@@ -11,7 +11,7 @@ SOURCE ?= cifar10
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv check-java run demo test lint unit images-test clean
+.PHONY: help venv checkov-venv check-java run demo test lint unit images-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,17 @@ $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@touch $@
 
 venv: $(BIN)/.installed ## Create .venv with cifarflow and everything the tests use
+
+# checkov pins botocore/boto3 versions cifarflow cannot share, so it lives in a venv of its own.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	@touch $@
+
+checkov-venv: $(CHECKOV_VENV)/.installed ## checkov (for the rendered Kubernetes manifests) in .venv-checkov
 
 check-java: ## Spark 4 needs Java 17+
 	@if ! command -v java >/dev/null 2>&1; then \
@@ -44,10 +55,14 @@ lint: venv ## ruff + mypy
 	$(BIN)/ruff format --check src tests benchmarks $(wildcard pipelines)
 	$(BIN)/mypy
 
-unit: venv check-java ## pytest (real Spark, TensorFlow, S3/GCS servers, fake Kubernetes API)
-	$(BIN)/pytest $(PYTEST_ARGS)
+unit: venv check-java checkov-venv ## pytest (real Spark, TensorFlow, S3/GCS servers, fake Kubernetes API)
+	CIFARFLOW_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -m "not docker" $(PYTEST_ARGS)
 
-test: lint unit ## The whole suite (what CI runs)
+# Needs root (dockerd, debootstrap); installs docker.io and debootstrap when missing. Caches in .cache/images/.
+images-test: venv ## Build the three images on a Debian stand-in base with a private dockerd, smoke-run them
+	scripts/images-test.sh
+
+test: lint unit images-test ## The whole suite (what CI runs)
 
 clean: ## Remove the venv, caches and local work folders
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(WORKDIR) build dist
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache $(WORKDIR) build dist

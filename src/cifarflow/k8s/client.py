@@ -66,7 +66,10 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> client
             cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(cfg)
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
+        # KUBECONFIG is read now, not when the kubernetes package was imported (its default is frozen then).
+        return config.new_client_from_config(
+            config_file=kubeconfig or os.environ.get("KUBECONFIG") or None, context=context
+        )
     except config.ConfigException as exc:
         raise JobError(
             f"no Kubernetes credentials: {exc}",

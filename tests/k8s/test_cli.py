@@ -1,0 +1,124 @@
+"""The CLI on top: ``--backend k8s`` against the fake API server, ``cifarflow k8s ...`` subcommands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cifarflow.cli import main
+
+from . import scenarios as sc
+from .conftest import REPO, Api
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    captured = capsys.readouterr()
+    return int(exit_.value.code or 0), captured.out, captured.err
+
+
+@pytest.fixture
+def cluster_env(api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Api:
+    monkeypatch.setenv("KUBECONFIG", str(api.server.kubeconfig(tmp_path / "kubeconfig", "admin-token")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("CIFARFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("CIFARFLOW_K8S_WATCH__WINDOW_S", "0.2")
+    monkeypatch.setenv("CIFARFLOW_K8S_WATCH__TIMEOUT_S", "20")
+    return api
+
+
+PREPROCESS = ["preprocess", "--raw", "s3://cifarflow/work/raw", "--out", "s3://cifarflow/work/datasets"]
+
+
+def test_preprocess_backend_k8s_prints_the_job_and_its_results(
+    cluster_env: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_env.cluster.default_scenario = lambda plural, name: sc.spark_success(name, "dataset: 3f2a\n")
+    code, out, _ = run([*PREPROCESS, "--backend", "k8s"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("job: SparkApplication/cifarflow-preprocess-") and lines[0].endswith(
+        "(namespace cifarflow)"
+    )
+    assert lines[1:] == ["state: COMPLETED", "dataset: 3f2a"]
+    # The same command again re-attaches to (here: reuses) the same job.
+    code, again, _ = run([*PREPROCESS, "--backend", "k8s"], capsys)
+    assert code == 0 and again.splitlines()[0] == lines[0] and "state: COMPLETED (reused)" in again
+    assert len(cluster_env.cluster.created("sparkapplications")) == 1
+
+
+def test_a_failed_job_is_one_error_line_and_exit_2(
+    cluster_env: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = "error: s3://cifarflow/work/raw has no _ingest.json (fix: run `cifarflow ingest` first)\n"
+    cluster_env.cluster.default_scenario = lambda plural, name: sc.spark_driver_failed(name, log)
+    code, out, err = run([*PREPROCESS, "--backend", "k8s"], capsys)
+    assert code == 2 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: SparkApplication cifarflow-preprocess-")
+    assert last.endswith("s3://cifarflow/work/raw has no _ingest.json (fix: run `cifarflow ingest` first)")
+
+
+def test_no_cluster_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, _, err = run([*PREPROCESS, "--backend", "k8s"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: no Kubernetes credentials:")
+
+
+def test_render_prints_an_overlay(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    code, out, _ = run(["k8s", "render", "--overlay", "minikube"], capsys)
+    assert code == 0
+    assert "kind: SparkApplication" in out and "kind: TFJob" in out and "image: cifarflow-pipeline" in out
+
+
+def test_render_an_unknown_overlay(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["k8s", "render", "--overlay", "prod", "--dir", str(REPO / "k8s")], capsys)
+    assert code == 2
+    assert err.strip() == "error: no overlay named 'prod' (fix: use one of: gke, minikube)"
+
+
+def test_generate_check_passes_on_the_committed_tree(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["k8s", "generate", "--check", "--dir", str(REPO / "k8s")], capsys)
+    assert (code, out.strip()) == (0, "up to date")
+
+
+def test_ensure_credentials_creates_once(cluster_env: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["k8s", "ensure-credentials"], capsys)
+    assert (code, out.strip()) == (0, "secret: cifarflow/cifarflow-s3 (created)")
+    code, out, _ = run(["k8s", "ensure-credentials"], capsys)
+    assert (code, out.strip()) == (0, "secret: cifarflow/cifarflow-s3 (exists)")
+    data = cluster_env.cluster.secrets[("kubeflow", "cifarflow-s3")]["stringData"]
+    assert set(data) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "s3.json"}
+    assert data["AWS_SECRET_ACCESS_KEY"] in data["s3.json"]
+
+
+def test_ensure_bucket_against_a_real_s3_api(s3_server, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    args = ["k8s", "ensure-bucket", "--bucket", "cf-bootstrap-test", "--s3-endpoint", s3_server.endpoint]
+    assert run(args, capsys)[:2] == (0, "bucket: cf-bootstrap-test (created)\n")
+    assert run(args, capsys)[:2] == (0, "bucket: cf-bootstrap-test (exists)\n")
+    s3_server.client().delete_bucket(Bucket="cf-bootstrap-test")
+
+
+def test_ensure_bucket_gives_up_with_one_line(dead_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        ["k8s", "ensure-bucket", "--bucket", "b", "--s3-endpoint", dead_endpoint, "--timeout", "1"], capsys
+    )
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot create bucket b at {dead_endpoint}:")
+
+
+def test_settings_shows_the_effective_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CIFARFLOW_K8S_TRAIN__WORKERS", "5")
+    code, out, _ = run(["k8s", "settings"], capsys)
+    assert code == 0 and '"workers": 5' in out
