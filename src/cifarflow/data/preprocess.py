@@ -667,7 +667,8 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
         with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
             plan = plan_split(annotated, job.val_fraction, job.num_classes)
     finally:
-        annotated.unpersist()
+        # Blocking: a release still in flight when the session stops makes Spark print a stack trace.
+        annotated.unpersist(blocking=True)
     log.info(
         "pass 1: %d train images kept, %d test; duplicates %s; val cut-offs for %d classes (%.1f s)",
         sum(plan.train_kept.values()),
@@ -687,7 +688,7 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
         with StageProgress(spark, "pass 2/2: split and write shards"):
             rows = inputs.mapInArrow(task, spark_schema(SHARD_ARROW)).collect()
     finally:
-        dropped.destroy()
+        dropped.destroy(blocking=True)
     log.info("pass 2: %d shards written (%.1f s)", len(rows), time.monotonic() - clock)
     return assemble(job, rows, plan)
 
