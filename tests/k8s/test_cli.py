@@ -122,3 +122,32 @@ def test_settings_shows_the_effective_values(
     monkeypatch.setenv("CIFARFLOW_K8S_TRAIN__WORKERS", "5")
     code, out, _ = run(["k8s", "settings"], capsys)
     assert code == 0 and '"workers": 5' in out
+
+
+def test_train_backend_k8s_forwards_the_options_the_user_set(
+    cluster_env: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_env.cluster.default_scenario = lambda plural, name: sc.tf_success(
+        name, "model: s3://b/m\nsaved_model: s3://b/m/saved_model\n"
+    )
+    argv = ["train", "--data", "s3://b/ds/3f2a", "--out", "s3://b/m", "--epochs", "3", "--model", "resnet9"]
+    code, out, _ = run([*argv, "--no-evaluate", "--backend", "k8s"], capsys)
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "state: Succeeded",
+        "model: s3://b/m",
+        "saved_model: s3://b/m/saved_model",
+    ]
+    (job,) = [o for k, o in cluster_env.cluster.objects.items() if k[1] == "tfjobs"]
+    args = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["args"]
+    assert args == [
+        "--data",
+        "s3://b/ds/3f2a",
+        "--out",
+        "s3://b/m",
+        "--epochs",
+        "3",
+        "--model",
+        "resnet9",
+        "--no-evaluate",
+    ]

@@ -11,6 +11,7 @@ import typer
 from rich.progress import Progress, TaskID
 
 from cifarflow.cli.common import S3Endpoint, app, make_store, out, progress
+from cifarflow.cli.data import Backend
 from cifarflow.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,18 @@ def train(
     evaluate: Annotated[
         bool, typer.Option("--evaluate/--no-evaluate", help="Score the test split after.")
     ] = True,
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="local: train here; k8s: submit a TFJob and watch it.")
+    ] = Backend.local,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Train a ResNet on a committed dataset (one process, or one replica of a TFJob via TF_CONFIG)."""
+    if backend is Backend.k8s:
+        from cifarflow.k8s import cli_support
+
+        extra = cli_support.forwarded_args(train, locals())
+        cli_support.train_on_k8s(data=data, out=out_url, extra_args=extra)
+        return
     cfg = TrainConfig(
         data=data,
         out=out_url,

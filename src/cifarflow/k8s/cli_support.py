@@ -8,7 +8,14 @@ result).
 
 from __future__ import annotations
 
+import inspect
 import os
+import typing
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any
+
+from typer.models import OptionInfo
 
 from cifarflow.cli import common
 from cifarflow.k8s import launcher, names
@@ -68,3 +75,42 @@ def train_on_k8s(
     )
     _report(result)
     return result
+
+
+# Options that describe where the job runs rather than what it does: not forwarded into the pod.
+_LOCAL_ONLY = {"data", "out_url", "backend", "s3_endpoint"}
+
+
+def forwarded_args(command: Callable[..., Any], values: Mapping[str, Any]) -> list[str]:
+    """The options of a typer ``command`` that differ from their defaults, as arguments for the same command
+    inside a pod: ``forwarded_args(train, locals())`` -> ``["--epochs", "3", "--no-evaluate"]``."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    args: list[str] = []
+    for name, param in inspect.signature(command).parameters.items():
+        if name in _LOCAL_ONLY or name not in values:
+            continue
+        info = _option_info(hints.get(name), param.default)
+        default = param.default.default if isinstance(param.default, OptionInfo) else param.default
+        value = values[name]
+        if info is None or value == default or value is None:
+            continue
+        decls = list(info.param_decls or ())
+        if isinstance(info.default, str) and info.default.startswith("--"):
+            decls.insert(0, info.default)  # Annotated style: typer.Option("--flag", ...) puts the name here
+        flag = next((d for d in decls if d.startswith("--")), "--" + name.replace("_", "-"))
+        on, _, off = flag.partition("/")
+        if isinstance(value, bool):
+            if value or off:
+                args.append(on if value else off)
+        else:
+            args += [on, str(value.value if isinstance(value, Enum) else value)]
+    return args
+
+
+def _option_info(hint: Any, default: Any) -> OptionInfo | None:
+    if isinstance(default, OptionInfo):
+        return default
+    for meta in getattr(hint, "__metadata__", ()):
+        if isinstance(meta, OptionInfo):
+            return meta
+    return None

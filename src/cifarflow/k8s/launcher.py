@@ -118,7 +118,7 @@ def train_job(
         pod_selector=f"{tfjob.POD_JOB_LABEL}={name}",
         main_pod=lambda pods: _pick(pods, tfjob.POD_REPLICA_TYPE_LABEL, lead, index="0"),
         container=tfjob.CONTAINER,
-        output_keys=("model", "metrics"),
+        output_keys=("model", "saved_model", "metrics", "report", "test_accuracy"),
         memory_fix="raise CIFARFLOW_K8S_TRAIN__MEMORY_LIMIT or lower the batch size, then retry",
     )
 
