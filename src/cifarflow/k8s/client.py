@@ -13,6 +13,7 @@ compares):
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -92,48 +93,45 @@ class Kube:
 
     # -- custom objects -------------------------------------------------------------------------------------
     def get(self, kind: JobKind, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                kind.group, kind.version, self.namespace, kind.plural, name
-            )
-            return obj
-        except ApiException as exc:
-            if exc.status == 404 and _status(exc).get("details", {}).get("name") == name:
-                return None
-            raise self._error(exc, "get", kind) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        with self._errors("get", kind):
+            try:
+                obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                    kind.group, kind.version, self.namespace, kind.plural, name
+                )
+                return obj
+            except ApiException as exc:
+                # A 404 naming the object means "no such job"; any other 404 means "no such resource type".
+                if exc.status == 404 and _status(exc).get("details", {}).get("name") == name:
+                    return None
+                raise
 
     def create(self, kind: JobKind, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
-                kind.group, kind.version, self.namespace, kind.plural, body
-            )
-            return obj
-        except ApiException as exc:
-            if exc.status == 409:
-                raise AlreadyExists(f"{kind.kind} {body['metadata']['name']} already exists") from None
-            raise self._error(exc, "create", kind) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        with self._errors("create", kind):
+            try:
+                obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                    kind.group, kind.version, self.namespace, kind.plural, body
+                )
+                return obj
+            except ApiException as exc:
+                if exc.status == 409:
+                    raise AlreadyExists(f"{kind.kind} {body['metadata']['name']} already exists") from None
+                raise
 
     def delete(self, kind: JobKind, name: str) -> None:
         """Delete with its pods (background propagation); already gone is fine."""
-        try:
-            self.custom.delete_namespaced_custom_object(
-                kind.group,
-                kind.version,
-                self.namespace,
-                kind.plural,
-                name,
-                body=client.V1DeleteOptions(propagation_policy="Background"),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise self._error(exc, "delete", kind) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        with self._errors("delete", kind):
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    kind.group,
+                    kind.version,
+                    self.namespace,
+                    kind.plural,
+                    name,
+                    body=client.V1DeleteOptions(propagation_policy="Background"),
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def watch(
         self, kind: JobKind, name: str, resource_version: str | None, timeout_s: float
@@ -171,15 +169,11 @@ class Kube:
 
     # -- pods ------------------------------------------------------------------------------------------------
     def pods(self, selector: str) -> list[client.V1Pod]:
-        try:
+        with self._errors("list", "pods"):
             items: list[client.V1Pod] = self.core.list_namespaced_pod(
                 self.namespace, label_selector=selector
             ).items
             return items
-        except ApiException as exc:
-            raise self._error(exc, "list", None, resource="pods") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._unreachable(exc) from None
 
     def pod_log(self, pod: str, container: str | None, tail_lines: int) -> str:
         """The container's log tail; '' when it cannot be read (the failure itself is reported elsewhere)."""
@@ -198,14 +192,13 @@ class Kube:
     # -- secrets (deploy-time bootstrap only) ---------------------------------------------------------------
     def read_secret(self, name: str, namespace: str | None = None) -> dict[str, str] | None:
         """The Secret's decoded data, or None if it does not exist."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace or self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise self._error(exc, "get", None, resource="secrets") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        with self._errors("get", "secrets"):
+            try:
+                secret = self.core.read_namespaced_secret(name, namespace or self.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
         data = secret.data or {}
         out = {k: base64.b64decode(v).decode() for k, v in data.items()}
         out.update(secret.string_data or {})
@@ -218,21 +211,29 @@ class Kube:
         body = client.V1Secret(
             metadata=client.V1ObjectMeta(name=name, labels=labels), type="Opaque", string_data=data
         )
+        with self._errors("create", "secrets"):
+            try:
+                self.core.create_namespaced_secret(namespace or self.namespace, body)
+                return True
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
+
+    # -- errors ----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, verb: str, what: JobKind | str) -> Iterator[None]:
+        """API and connection errors raised inside become one-line JobErrors."""
         try:
-            self.core.create_namespaced_secret(namespace or self.namespace, body)
-            return True
+            yield
         except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise self._error(exc, "create", None, resource="secrets") from None
+            raise self._error(exc, verb, what) from None
         except urllib3.exceptions.HTTPError as exc:
             raise self._unreachable(exc) from None
 
-    # -- errors ----------------------------------------------------------------------------------------------
-    def _error(
-        self, exc: ApiException, verb: str, kind: JobKind | None, resource: str | None = None
-    ) -> JobError:
-        what = kind.plural if kind else (resource or "objects")
+    def _error(self, exc: ApiException, verb: str, resource: JobKind | str) -> JobError:
+        kind = resource if isinstance(resource, JobKind) else None
+        what = kind.plural if kind else str(resource)
         msg = _message(exc)
         if exc.status == 403:
             return JobError(f"forbidden: cannot {verb} {what} in namespace {self.namespace}: {msg}", RBAC_FIX)
