@@ -40,6 +40,8 @@ BUCKET_SECRET_KEYS = {
 def _on_cluster(task: dsl.PipelineTask, step: str, image: str, bucket_secret: str) -> None:
     """What every task needs in a cluster: the pipeline image, the bucket Secret as env and a deadline."""
     task.set_container_image(image)
+    # Images built into minikube's Docker by skaffold exist on the node only: never pull what is there.
+    kubernetes.set_image_pull_policy(task, "IfNotPresent")
     kubernetes.use_secret_as_env(
         task, secret_name=bucket_secret, secret_key_to_env=BUCKET_SECRET_KEYS, optional=True
     )
@@ -67,8 +69,8 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     backend: str = "k8s",
     namespace: str = "cifarflow",
     pipeline_image: str = c.IMAGE,
-    spark_image: str = "cifarflow-spark:latest",
-    trainer_image: str = "cifarflow-trainer:latest",
+    spark_image: str = "",
+    trainer_image: str = "",
     bucket_secret: str = "cifarflow-s3",
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -114,10 +116,10 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         spark_driver_memory=spark_driver_memory,
         bucket_secret=bucket_secret,
         s3_endpoint=s3_endpoint,
-        run_id=run_id,
         timeout_s=DEADLINES["preprocess"] - JOB_MARGIN_S,
     )
-    # Cached on the dataset id (and the job's settings); a retry re-attaches to the same SparkApplication.
+    # Cached on the dataset id (and the job's settings): no run id among the inputs. A retry re-attaches to
+    # the SparkApplication, which is named after the dataset.
     preprocess.set_caching_options(True).set_retry(num_retries=1, backoff_duration="60s")
     _on_cluster(preprocess, "preprocess", pipeline_image, bucket_secret)
 

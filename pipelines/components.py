@@ -55,7 +55,6 @@ def preprocess(
     spark_driver_memory: str,
     bucket_secret: str,
     s3_endpoint: str,
-    run_id: str,
     timeout_s: int,
     dataset: Output[Dataset],
 ) -> None:
@@ -82,7 +81,7 @@ def preprocess(
                 namespace=namespace,
                 bucket_secret=bucket_secret,
                 s3_endpoint=s3_endpoint,
-                run_id=run_id,
+                run_id="",  # the job is named after the dataset: the run must not enter the cache key
                 timeout_s=timeout_s,
             ),
         )

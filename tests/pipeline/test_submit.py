@@ -162,6 +162,8 @@ def test_a_rejected_token_names_the_token_variable(cli: Callable[..., Result], k
         ("epochs=three", "error: --param epochs='three' is not an integer (fix: give epochs an integer)"),
         ("epoch=3", "error: unknown pipeline parameter 'epoch' (fix: use one of: backend, batch_size,"),
         ("epochs", "error: --param 'epochs' is not KEY=VALUE (fix: write it like --param epochs=5)"),
+        ("backend=cloud", "error: pipeline parameter backend='cloud' is not one of local, k8s (fix: pass"),
+        ("model=vgg", "error: pipeline parameter model='vgg' is not one of resnet20, resnet9 (fix: pass"),
     ],
 )
 def test_bad_parameters_fail_before_anything_is_sent(

@@ -16,6 +16,7 @@ pipeline_app = typer.Typer(
 )
 app.add_typer(pipeline_app, name="pipeline")
 
+OUTPUT_ORDER = ["dataset", "model", "metrics", "confusion", "report"]
 ParamOption = typer.Option(
     [], "--param", "-p", metavar="KEY=VALUE", help="A pipeline parameter (repeatable), e.g. --param epochs=5."
 )
@@ -49,8 +50,10 @@ def submit(
         None, "--namespace", help="Profile namespace (multi-user Kubeflow)."
     ),
     params: list[str] = ParamOption,
-    service_account: str | None = typer.Option(
-        None, "--service-account", help="ServiceAccount the run's pods use (default: KFP's pipeline-runner)."
+    service_account: str = typer.Option(
+        "cifarflow-pipeline-runner",
+        "--service-account",
+        help="ServiceAccount the run's pods use (k8s/base deploys this one; '' = KFP's default).",
     ),
     pipeline_root: str | None = typer.Option(
         None,
@@ -63,17 +66,18 @@ def submit(
 
     The token comes from KF_PIPELINES_TOKEN (or KFP_TOKEN) when the endpoint needs one.
     """
-    from cifarflow.pipeline import definition
+    from cifarflow.pipeline import definition, steps
     from cifarflow.pipeline import params as params_mod
     from cifarflow.pipeline import submit as submit_mod
 
     args = params_mod.parse(params, definition.pipeline_func())
+    steps.check_arguments(args)
     result = submit_mod.submit(
         host,
         params=args,
         experiment=experiment,
         namespace=namespace,
-        service_account=service_account,
+        service_account=service_account or None,
         pipeline_root=pipeline_root,
         run_name=run_name,
         token=submit_mod.token_from_env(),
@@ -91,17 +95,25 @@ def run_local(
     pipeline_root: str = typer.Option(
         "work/kfp-local", "--pipeline-root", help="Local folder for KFP's own outputs and the run log."
     ),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Skip tasks whose inputs are unchanged (KFP's cache, kept locally)."
+    ),
 ) -> None:
     """Run the same pipeline here with kfp.local: Spark local mode, TensorFlow on the CPU, no cluster."""
-    from cifarflow.pipeline import definition, local
+    from cifarflow.pipeline import definition, local, steps
     from cifarflow.pipeline import params as params_mod
 
     given = params_mod.parse(params, definition.pipeline_func())
+    steps.check_arguments(given)
     run = local.run_local(
-        local.arguments(given, workdir), pipeline_root=pipeline_root, echo=sys.stderr, verbose=state.verbose
+        local.arguments(given, workdir),
+        pipeline_root=pipeline_root,
+        echo=sys.stderr,
+        verbose=state.verbose,
+        cache=cache,
     )
-    for name, output in run.outputs.items():
-        out(f"{name}: {output.uri}")
+    for name in sorted(run.outputs, key=OUTPUT_ORDER.index):
+        out(f"{name}: {run.outputs[name].uri}")
     if "metrics" in run.outputs:
         for key, value in sorted(run.outputs["metrics"].metadata.items()):
             if isinstance(value, float | int):

@@ -9,6 +9,7 @@ kfp.local's limits, and how this pipeline stays inside them: it runs lightweight
 component here is one); it cannot feed constant artifacts into a pipeline (none here: artifacts only flow
 between tasks); integers in artifact metadata come back as floats (readers here use URIs and strings, never
 metadata ints); platform settings (kfp-kubernetes Secrets, timeouts, images) are ignored, as there is no pod.
+What runs is the compiled IR itself (the YAML a cluster gets), minus retries.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import io
 import logging
 import os
 import re
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +37,10 @@ LOCAL_OVERRIDES = {"backend": "local", "s3_endpoint": ""}
 DEFAULT_WORKDIR = "work"
 
 _ERROR_LINE = re.compile(r"^\s*error: (?P<problem>.*?)(?: \(fix: (?P<fix>.*)\))?\s*$")
-_PROGRESS = re.compile(r"Executing task|finished with status|\b(INFO|WARNING|ERROR) cifarflow|^\s*error: ")
+_PROGRESS = re.compile(
+    r"Executing task|cache hit|finished with status|\b(INFO|WARNING|ERROR) cifarflow|^\s*error: "
+)
+_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(?P<line>\w+(?:Error|Exception): .+)$")
 _TASK_FAILED = re.compile(r"Task '?(?:\x1b\[\d+m)?(?P<task>[\w-]+)")
 
 
@@ -66,24 +72,37 @@ def run_local(
     pipeline_root: str | os.PathLike[str],
     echo: IO[str] | None,
     verbose: bool = False,
+    cache: bool = True,
 ) -> LocalRun:
-    """Run the whole pipeline here. ``echo`` receives progress lines (all lines when ``verbose``)."""
+    """Run the compiled pipeline here. ``echo`` receives progress lines (all lines when ``verbose``).
+
+    With ``cache``, kfp.local's task cache (under the pipeline root) skips a task whose inputs are unchanged:
+    the same rule as in a cluster, so a second run of an unchanged dataset does not preprocess again.
+    """
     from kfp import local
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     logfile = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    pipeline = definition.pipeline_func()
+    with tempfile.TemporaryDirectory(prefix="cifarflow-local-") as tmp:
+        pipeline = local_variant(definition.compile_to(Path(tmp) / "pipeline.yaml").read_text())
     # The components' TensorFlow and Spark start in subprocesses that inherit this environment.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        raise_on_error=True,
+        enable_caching=cache,
+        cache_root=str(root / ".kfp_cache"),
+    )
     started = time.monotonic()
     with open(logfile, "w", encoding="utf-8") as sink:
         tee = _Tee(sink, echo, verbose)
         try:
-            with contextlib.redirect_stdout(tee), warnings.catch_warnings():
-                # "custom or non-Python base image": expected, the image is ignored by the SubprocessRunner.
+            with contextlib.redirect_stdout(tee), _root_logging(tee), warnings.catch_warnings():
+                # Image and resource settings mean nothing to the SubprocessRunner; it says so for every task.
                 warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore", UserWarning)
                 task = pipeline(**params)
         except CifarflowError:
             raise
@@ -93,6 +112,38 @@ def run_local(
             tee.flush()
     outputs = {name: _output(name, art) for name, art in (getattr(task, "outputs", None) or {}).items()}
     return LocalRun(root, logfile, outputs, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _root_logging(stream: io.TextIOBase) -> Iterator[None]:
+    """kfp.local logs a cache hit to the root logger outside its per-task logging set-up; catch it too."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+    level, handlers = root.level, root.handlers[:]
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def local_variant(compiled: str) -> Any:
+    """The compiled pipeline as kfp.local runs it: the same IR, without retry policies.
+
+    A failure here is nearly always deterministic (bad input, a bug), and kfp.local would sleep through each
+    backoff before failing; in a cluster retries re-attach a restarted step to its Spark or TF job.
+    The platform document (kfp-kubernetes settings) is dropped: there are no pods here.
+    """
+    import yaml
+    from kfp import components
+
+    spec = next(iter(yaml.safe_load_all(compiled)))
+    for task in spec["root"]["dag"]["tasks"].values():
+        task.pop("retryPolicy", None)
+    return components.load_component_from_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def _output(name: str, artifact: Any) -> Output:
@@ -112,6 +163,7 @@ class _Tee(io.TextIOBase):
         self.sink, self.echo, self.verbose = sink, echo, verbose
         self.partial = ""
         self.error: CifarflowError | None = None
+        self.exception: str | None = None  # last "SomeError: message" line, for failures that print no error:
         self.failed_task: str | None = None
 
     def writable(self) -> bool:
@@ -137,6 +189,9 @@ class _Tee(io.TextIOBase):
         match = _ERROR_LINE.match(_plain(line))
         if match:
             self.error = _error(match.group("problem"), match.group("fix"))
+        exception = _EXCEPTION.match(_plain(line))
+        if exception:
+            self.exception = exception.group("line")[:300]
         if "finished with status" in line and "FAILURE" in line:
             task = _TASK_FAILED.search(_plain(line))
             self.failed_task = task.group("task") if task else None
@@ -148,7 +203,8 @@ class _Tee(io.TextIOBase):
         where = f"step {self.failed_task}" if self.failed_task else "the local pipeline run"
         if self.error is not None:
             return type(self.error)(f"{where} failed: {self.error.problem}", self.error.fix)
-        return JobError(f"{where} failed: {_first_line(exc)}", f"read the step's log in {logfile}")
+        cause = self.exception or _first_line(exc)
+        return JobError(f"{where} failed: {cause}", f"read the step's log in {logfile}")
 
 
 def _error(problem: str, fix: str | None) -> CifarflowError:

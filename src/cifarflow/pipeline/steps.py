@@ -76,10 +76,10 @@ class Cluster:
     namespace: str
     bucket_secret: str  # Secret with the bucket's credentials for the job's pods; "" = ambient identity (GKE)
     s3_endpoint: str
-    run_id: str
+    run_id: str  # the KFP run: names the step's job, so a retried step re-attaches to it ("" where unused)
     timeout_s: int
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.backend not in BACKENDS:
             raise InputError(
                 f"unknown backend {self.backend!r}", f"use backend={' or backend='.join(BACKENDS)}"
@@ -162,14 +162,27 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Evaluation:
-    accuracy: float
-    loss: float
+    scores: dict[str, float]  # what the Metrics artifact shows, in this order
     class_names: list[str]
-    confusion: list[list[int]]
+    confusion: list[list[int]]  # [true class][predicted class]
     report_url: str
     metrics_url: str
-    test_images: int
     report_html: bytes = field(repr=False, default=b"")
+
+
+def check_arguments(arguments: dict[str, Any]) -> None:
+    """Refuse arguments no step accepts before anything is uploaded or run (the steps check again)."""
+    from typing import get_args
+
+    from cifarflow.train.config import ModelName
+
+    choices = {"backend": BACKENDS, "model": get_args(ModelName)}
+    for name, allowed in choices.items():
+        if name in arguments and arguments[name] not in allowed:
+            raise InputError(
+                f"pipeline parameter {name}={arguments[name]!r} is not one of {', '.join(allowed)}",
+                f"pass --param {name}={allowed[0]} (or another of those)",
+            )
 
 
 # -- the error contract inside a KFP pod ---------------------------------------------------------------------
@@ -231,6 +244,7 @@ def plan(*, raw_url: str, val_fraction: float, seed: int, s3_endpoint: str) -> s
 @step
 def preprocess(req: PreprocessRequest) -> DatasetInfo:
     """Commit the planned dataset, unless it is committed already (then no job is started at all)."""
+    req.cluster.check()
     store = req.cluster.store
     out = datasets_root(req.workdir)
     dataset_url = join(out, req.dataset_id)
@@ -266,12 +280,16 @@ def train(req: TrainRequest) -> ModelInfo:
     """Train one model for this run; a retried step resumes from the run's last checkpoint."""
     from cifarflow.data import manifest as mf
 
+    req.cluster.check()
     store = req.cluster.store
     manifest, base = mf.load(store, req.dataset_url)
     out = model_url(req.workdir, manifest.dataset_id, req.cluster.run_id)
+    cfg = train_config(req, base, out)  # checked here, before a TFJob or TensorFlow starts
     if req.cluster.backend == "local":
         _require("tensorflow", "train with backend=local", "cifarflow[train]")
-        _train_here(req, base, out)
+        from cifarflow.train import trainer
+
+        trainer.train(cfg)
     else:
         _train_on_k8s(req, base, out)
     saved = join(out, "saved_model")
@@ -280,6 +298,32 @@ def train(req: TrainRequest) -> ModelInfo:
             f"training finished without a SavedModel at {redact(saved)}", "read the training job's log"
         )
     return ModelInfo(out, saved, manifest.dataset_id, req.model, req.epochs, req.batch_size)
+
+
+def train_config(req: TrainRequest, data: str, out: str) -> Any:
+    """The trainer's configuration for this step; a bad parameter is one line naming it."""
+    from pydantic import ValidationError
+
+    from cifarflow.train.config import TrainConfig
+
+    fields = {"model": req.model, "epochs": req.epochs, "batch_size": req.batch_size, "seed": req.seed}
+    try:
+        return TrainConfig.model_validate(
+            {
+                "data": data,
+                "out": out,
+                **fields,
+                "evaluate": False,  # evaluation is the pipeline's next step
+                "s3_endpoint": req.cluster.s3_endpoint or None,
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = {"model": "model", "batch_size": "batch_size"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise InputError(
+            f"pipeline parameter {name}={fields.get(name)!r} is invalid: {first['msg']}",
+            f"fix --param {name}=...",
+        ) from None
 
 
 @step
@@ -291,7 +335,7 @@ def evaluate(*, dataset_url: str, model_url: str, s3_endpoint: str) -> Evaluatio
     store = make_store(s3_endpoint)
     out = join(model_url, "evaluation")
     result = ev.evaluate(dataset_url, model_url, out, store=store)
-    return _evaluation(result, out, store)
+    return _evaluation(result, store)
 
 
 # -- publishing to KFP artifacts -----------------------------------------------------------------------------
@@ -307,9 +351,15 @@ class Artifact(Protocol):
     def path(self) -> str: ...
 
 
+def artifact_uri(url: str) -> str:
+    """An artifact URI for a store URL: bucket URLs as they are, local files as plain paths (KFP's own form
+    for local artifacts, which kfp.local's cache checks for existence; it cannot read ``file://``)."""
+    return url.removeprefix("file://") if url.startswith("file://") else url
+
+
 def publish_dataset(info: DatasetInfo, artifact: Any) -> None:
     """The Dataset artifact *is* the committed manifest (its URI), with the id and counts for the UI."""
-    artifact.uri = info.manifest_url
+    artifact.uri = artifact_uri(info.manifest_url)
     artifact.metadata.update(
         {
             "dataset_id": info.dataset_id,
@@ -323,7 +373,7 @@ def publish_dataset(info: DatasetInfo, artifact: Any) -> None:
 
 
 def publish_model(info: ModelInfo, artifact: Any) -> None:
-    artifact.uri = info.saved_model_url
+    artifact.uri = artifact_uri(info.saved_model_url)
     artifact.metadata.update(
         {
             "framework": "tensorflow",
@@ -338,9 +388,8 @@ def publish_model(info: ModelInfo, artifact: Any) -> None:
 
 
 def publish_evaluation(result: Evaluation, *, metrics: Any, confusion: Any, report: Any) -> None:
-    metrics.log_metric("accuracy", result.accuracy)
-    metrics.log_metric("loss", result.loss)
-    metrics.log_metric("test_images", result.test_images)
+    for name, value in result.scores.items():
+        metrics.log_metric(name, value)
     metrics.metadata["metrics_url"] = result.metrics_url
     confusion.log_confusion_matrix(result.class_names, result.confusion)
     # KFP uploads what is written at .path (a local path in the pod) to the artifact's URI after the step.
@@ -380,42 +429,104 @@ def _require(module: str, what: str, extra: str) -> None:
         )
 
 
-def _train_here(req: TrainRequest, data: str, out: str) -> None:
-    from cifarflow.train import trainer
-    from cifarflow.train.config import TrainConfig
+def k8s_settings(cluster: Cluster, **overrides: Any) -> Any:
+    """The launchers' settings: the environment's (``CIFARFLOW_K8S_*``), then the pipeline's parameters."""
+    from cifarflow.k8s.settings import K8sSettings
 
-    cfg = TrainConfig.model_validate(
-        {
-            "data": data,
-            "out": out,
-            "model": req.model,
-            "epochs": req.epochs,
-            "batch_size": req.batch_size,
-            "seed": req.seed,
-            "evaluate": False,  # evaluation is the pipeline's next step
-            "s3_endpoint": req.cluster.s3_endpoint or None,
-        }
-    )
-    trainer.train(cfg)
+    base: dict[str, Any] = {
+        "namespace": cluster.namespace,
+        "storage": {
+            "s3_endpoint": cluster.s3_endpoint or None,
+            "credentials_secret": cluster.bucket_secret or None,
+        },
+        "watch": {"timeout_s": cluster.timeout_s},
+    }
+    return K8sSettings.from_env(None, **base, **overrides)
 
 
 def _preprocess_on_k8s(req: PreprocessRequest, out: str) -> None:
-    raise JobError("backend=k8s is not wired yet", "use backend=local")
+    from cifarflow.k8s import names
+    from cifarflow.k8s.launcher import launch_preprocess
+
+    spark = req.spark
+    settings = k8s_settings(
+        req.cluster,
+        # An empty image means: the one skaffold deployed (read from the cluster's one-shot objects).
+        images_from_cluster=not spark.image,
+        spark={
+            **({"image": spark.image} if spark.image else {}),
+            "executors": spark.executors,
+            "dynamic_allocation": {"max_executors": spark.executors},
+            "executor": {
+                "cores": spark.executor_cores,
+                "core_limit": str(spark.executor_cores),
+                "memory": spark.executor_memory,
+            },
+            "driver": {"memory": spark.driver_memory},
+        },
+    )
+    # Named after the dataset and the job's settings: a retried step, or a second run of the same dataset,
+    # re-attaches to the running application instead of starting another.
+    job_id = f"{req.dataset_id}-{names.spec_hash(settings.spark.model_dump(mode='json'))[:6]}"
+    result = launch_preprocess(
+        settings,
+        job_id,
+        raw=req.raw_url,
+        out=out,
+        partitions=req.partitions or None,
+        val_fraction=req.val_fraction,
+        seed=req.seed,
+    )
+    log.info(
+        "SparkApplication %s/%s %s in %.0f s", result.namespace, result.name, result.state, result.seconds
+    )
 
 
 def _train_on_k8s(req: TrainRequest, data: str, out: str) -> None:
-    raise JobError("backend=k8s is not wired yet", "use backend=local")
+    from cifarflow.k8s.launcher import launch_train
+
+    job = req.tfjob
+    settings = k8s_settings(
+        req.cluster,
+        images_from_cluster=not job.image,
+        train={
+            **({"image": job.image} if job.image else {}),
+            "workers": job.workers,
+            "gpus": job.gpus_per_worker,
+        },
+    )
+    result = launch_train(settings, req.cluster.run_id, data=data, out=out, extra_args=train_arguments(req))
+    log.info("TFJob %s/%s %s in %.0f s", result.namespace, result.name, result.state, result.seconds)
 
 
-def _evaluation(result: Any, out: str, store: Store) -> Evaluation:
-    report_url = join(out, "report.html")
+def train_arguments(req: TrainRequest) -> list[str]:
+    """``cifarflow train`` options beyond --data/--out (evaluation is the pipeline's own next step)."""
+    return [
+        "--model", req.model,
+        "--epochs", str(req.epochs),
+        "--batch-size", str(req.batch_size),
+        "--seed", str(req.seed),
+        "--no-evaluate",
+    ]  # fmt: skip
+
+
+def _evaluation(result: Any, store: Store) -> Evaluation:
+    """The evaluate step's numbers: test scores, then the last epoch's training and validation curves."""
+    test = result.metrics["test"]
+    scores = {"accuracy": float(test["accuracy"])}
+    if "loss" in test:
+        scores["loss"] = float(test["loss"])
+    scores.update({k: float(test[k]) for k in ("macro_precision", "macro_recall", "macro_f1") if k in test})
+    scores["test_images"] = float(test["images"])
+    last = (result.metrics.get("history") or [{}])[-1]
+    for key, name in (("loss", "train_loss"), ("accuracy", "train_accuracy"), ("val_loss", "val_loss")):
+        if key in last:
+            scores[name] = float(last[key])
     return Evaluation(
-        accuracy=float(result.accuracy),
-        loss=float(result.loss),
-        class_names=list(result.class_names),
-        confusion=[[int(v) for v in row] for row in result.confusion],
-        report_url=report_url,
-        metrics_url=join(out, "metrics.json"),
-        test_images=int(sum(sum(row) for row in result.confusion)),
-        report_html=store.read_bytes(report_url),
+        scores=scores,
+        class_names=list(result.metrics["class_names"]),
+        confusion=[[int(v) for v in row] for row in test["confusion_matrix"]],
+        report_url=result.report_url,
+        metrics_url=result.metrics_url,
+        report_html=store.read_bytes(result.report_url),
     )

@@ -1,0 +1,125 @@
+"""``cifarflow pipeline run-local``: the compiled pipeline end to end under kfp.local, on tiny synthetic data.
+
+Real engines throughout: every component runs as a subprocess, preprocess runs Spark in local mode, train and
+evaluate run TensorFlow on the CPU. The artifacts are checked where KFP records them (each task's
+executor_output.json: what the KFP UI would show) and against the files they point at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cifarflow.data import manifest as mf
+from cifarflow.data.synth import write_archive
+from cifarflow.storage import Store
+
+from .conftest import Result
+
+STEPS = ("ingest", "plan", "preprocess", "train", "evaluate")
+TRAIN, TEST = 400, 200
+
+
+def _outputs(res: Result) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in res.out.splitlines())
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _artifacts(run_dir: Path, task: str) -> dict[str, dict[str, Any]]:
+    """``{output name: {"uri": ..., "metadata": ...}}`` as the task reported them to KFP."""
+    record = json.loads((run_dir / task / "executor_output.json").read_text())
+    return {name: arts["artifacts"][0] for name, arts in record.get("artifacts", {}).items()}
+
+
+def _path(uri: str) -> Path:
+    assert "://" not in uri or uri.startswith("file://"), uri
+    return Path(uri.removeprefix("file://"))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("synth")
+    return write_archive(str(out), train=TRAIN, test=TEST, fmt="python", classes=10, seed=3, store=Store())
+
+
+@pytest.mark.slow
+def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
+    cli: Callable[..., Result], archive: str, tmp_path: Path
+) -> None:
+    work, root = tmp_path / "work", tmp_path / "kfp"
+    common = ("--workdir", str(work), "--pipeline-root", str(root), "--param", f"source={archive}")
+    res = cli("pipeline", "run-local", *common, "--param", "epochs=1", "--param", "batch_size=32")
+    assert res.code == 0, res.err
+    out = _outputs(res)
+
+    # Every component ran, in order, and succeeded.
+    log = _plain(Path(out["log"]).read_text())
+    finished = re.findall(r"Task '(\w+)' finished with status (\w+)", log)
+    assert finished == [(step, "SUCCESS") for step in STEPS]
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("cifarflow-cifar10-")]
+
+    # Dataset: the URI is the committed manifest; the metadata carries the id and the counts.
+    dataset = _artifacts(run_dir, "preprocess")["dataset"]
+    assert dataset["uri"] == out["dataset"]
+    manifest, _ = mf.load(Store(), dataset["uri"])
+    meta = dataset["metadata"]
+    assert meta["dataset_id"] == manifest.dataset_id == _path(dataset["uri"]).parent.name
+    assert meta["train_images"] + meta["val_images"] == TRAIN
+    assert meta["test_images"] == TEST == manifest.splits["test"].rows
+    assert meta["class_names"] == manifest.class_names
+
+    # Model: the URI is a SavedModel in the workdir, under the dataset's id.
+    model = _artifacts(run_dir, "train")["model"]
+    assert model["uri"] == out["model"]
+    assert (_path(model["uri"]) / "saved_model.pb").is_file()
+    assert f"/models/{manifest.dataset_id}/" in model["uri"]
+
+    # Metrics, confusion matrix (with class names) and the HTML report, consistent with one another.
+    evaluation = _artifacts(run_dir, "evaluate")
+    scores = evaluation["metrics"]["metadata"]
+    matrix = evaluation["confusion"]["metadata"]["confusionMatrix"]
+    names = [spec["displayName"] for spec in matrix["annotationSpecs"]]
+    rows = [[int(v) for v in row["row"]] for row in matrix["rows"]]
+    assert names == manifest.class_names
+    assert sum(map(sum, rows)) == TEST == scores["test_images"]
+    assert 0.0 <= scores["accuracy"] <= 1.0
+    assert scores["accuracy"] == pytest.approx(sum(rows[i][i] for i in range(len(rows))) / TEST)
+    for key in ("train_loss", "val_loss"):
+        assert math.isfinite(scores[key]) and scores[key] > 0
+    assert float(out["accuracy"]) == pytest.approx(scores["accuracy"], abs=1e-3)
+    report = Path(evaluation["report"]["uri"]).read_text()
+    assert report.lstrip().lower().startswith(("<!doctype html", "<html"))
+    saved_metrics = json.loads(_path(scores["metrics_url"]).read_text())
+    assert saved_metrics["test"]["confusion_matrix"] == rows
+
+    # Second run, same data: preprocess is a cache hit (keyed on the dataset id), and a bad parameter fails
+    # in its step with one error line.
+    res = cli("pipeline", "run-local", *common, "--param", "model=resnet1000")
+    assert res.code == 2
+    assert re.search(r"Task '?preprocess'? cache hit", _plain(res.err))
+    assert res.error_lines == [
+        "error: step train failed: pipeline parameter model='resnet1000' is invalid: "
+        "Input should be 'resnet20' or 'resnet9' (fix: fix --param model=...)"
+    ]
+
+
+def test_a_bad_source_fails_in_ingest_with_one_error_line(cli: Callable[..., Result], tmp_path: Path) -> None:
+    missing = tmp_path / "nope.tar.gz"
+    res = cli(
+        "pipeline", "run-local", "--workdir", str(tmp_path / "w"), "--pipeline-root", str(tmp_path / "kfp"),
+        "--param", f"source={missing}",
+    )  # fmt: skip
+    assert res.code == 2
+    assert len(res.error_lines) == 1
+    assert res.error_lines[0].startswith("error: step ingest failed: ")
+    assert str(missing) in res.error_lines[0]
+    assert res.out == ""
