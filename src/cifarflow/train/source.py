@@ -11,6 +11,7 @@ core at 200k images/s.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ def batches(
     shuffle_buffer: int = 10_000,
     seed: int = 0,
     readers: int = 2,
+    cycle: int = 4,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(images, labels)`` batches of a split.
 
@@ -180,19 +182,30 @@ def batches(
     if training and by_file:
         entries = entries[index::count]
     rng = np.random.default_rng([seed, index])
-    images = _images_stream(source, entries, rng if training else None, readers)
+    images = _images_stream(source, entries, rng if training else None, readers, cycle)
     if training and not by_file:
         images = ((x[index::count], y[index::count]) for x, y in images)
     if not training:
         yield from _rebatch(images, batch_size)
         return
-    yield from _shuffled(images, batch_size, max(shuffle_buffer, batch_size), rng)
+    # The stream repeats: a buffer larger than this worker's images would hold copies of the same images.
+    rows = sum(e.rows for e in entries) // (1 if by_file else count)
+    if rows < batch_size:
+        raise InputError(
+            f"this worker's share of the {split} split has {rows} images, fewer than one batch of {batch_size}",
+            "lower --batch-size or use fewer workers",
+        )
+    yield from _shuffled(images, batch_size, min(max(shuffle_buffer, batch_size), rows), rng)
 
 
 def _images_stream(
-    source: DataSource, entries: list[mf.FileEntry], rng: np.random.Generator | None, readers: int
+    source: DataSource, entries: list[mf.FileEntry], rng: np.random.Generator | None, readers: int, cycle: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Row-group chunks of ``entries``; with ``rng``, endlessly, in a fresh file order each pass."""
+    """Row-group chunks of ``entries``; with ``rng``, endlessly, in a fresh file order each pass.
+
+    ``cycle`` files are open at once and their row groups taken in turn (tf.data's ``interleave``), so even a
+    shuffle buffer smaller than a file mixes images from several files; ``readers`` more are read ahead.
+    """
     if not entries:
         raise InputError(
             f"no files to read in dataset {source.manifest.dataset_id}",
@@ -205,15 +218,28 @@ def _images_stream(
             if rng is None:
                 return
 
+    files = order()
     with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cifarflow-read") as pool:
-        ahead: list[tuple[mf.FileEntry, Future[bytes]]] = []
-        for entry in order():
-            ahead.append((entry, pool.submit(mf.read_checked, source.store, source.base, entry)))
-            if len(ahead) > readers:
-                done, data = ahead.pop(0)
-                yield from _decode_shard(source, data.result(), entry_url(source, done))
-        for done, data in ahead:
-            yield from _decode_shard(source, data.result(), entry_url(source, done))
+        ahead: deque[tuple[mf.FileEntry, Future[bytes]]] = deque()
+
+        def next_file() -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
+            while len(ahead) <= readers and (entry := next(files, None)) is not None:
+                ahead.append((entry, pool.submit(mf.read_checked, source.store, source.base, entry)))
+            if not ahead:
+                return None
+            entry, data = ahead.popleft()
+            return _decode_shard(source, data.result(), entry_url(source, entry))
+
+        open_files = [f for f in (next_file() for _ in range(cycle if rng is not None else 1)) if f is not None]
+        while open_files:
+            for shard in list(open_files):
+                chunk = next(shard, None)
+                if chunk is not None:
+                    yield chunk
+                    continue
+                open_files.remove(shard)
+                if (replacement := next_file()) is not None:
+                    open_files.append(replacement)
 
 
 def entry_url(source: DataSource, entry: mf.FileEntry) -> str:
@@ -226,11 +252,6 @@ def _shuffled(
     """A shuffle buffer, a batch at a time: take ``batch_size`` random slots, refill them from the stream."""
     pool_x, pool_y, pending = _fill(chunks, buffer)
     size = len(pool_y)
-    if size < batch_size:
-        raise InputError(
-            f"the split has {size} images for this worker, fewer than one batch of {batch_size}",
-            "lower --batch-size or use fewer workers",
-        )
     while True:
         slots = rng.choice(size, batch_size, replace=False)
         yield pool_x[slots], pool_y[slots]  # fancy indexing copies: the pool can be refilled at once

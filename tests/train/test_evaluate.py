@@ -1,0 +1,64 @@
+"""Evaluation metrics against an independent implementation, and the report page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from cifarflow.storage import Store
+from cifarflow.train import evaluate, report, source
+
+from .conftest import CLASSES
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_metrics_match_scikit_learn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 10, 2000)
+    # Mostly right, with class 9 never predicted (precision 0/0 must be 0, like zero_division=0).
+    y_pred = np.where(rng.random(2000) < 0.7, y_true, rng.integers(0, 9, 2000))
+    y_pred[y_pred == 9] = 8
+    got = evaluate.classification_metrics(y_true, y_pred, CLASSES)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=range(10), zero_division=0
+    )
+    np.testing.assert_array_equal(got["confusion_matrix"], confusion_matrix(y_true, y_pred, labels=range(10)))
+    np.testing.assert_allclose([c["precision"] for c in got["per_class"]], precision)
+    np.testing.assert_allclose([c["recall"] for c in got["per_class"]], recall)
+    np.testing.assert_allclose([c["f1"] for c in got["per_class"]], f1)
+    assert [c["support"] for c in got["per_class"]] == support.tolist()
+    assert got["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
+    assert got["macro_recall"] == pytest.approx(recall.mean())
+
+
+def test_report_is_one_self_contained_page(tiny_dataset: str) -> None:
+    src = source.open_source(Store(), tiny_dataset)
+    images, labels = next(src.chunks("test"))
+    predicted = labels.copy()
+    predicted[:3] = (labels[:3] + 1) % 10
+    test = evaluate.classification_metrics(labels, predicted, CLASSES)
+    history = [
+        {
+            "epoch": e,
+            "loss": 2.0 / e,
+            "accuracy": 0.3 * e,
+            "val_loss": 2.1 / e,
+            "val_accuracy": 0.28 * e,
+            "seconds": 1,
+        }
+        for e in (1, 2, 3)
+    ]
+    metrics = {
+        "model": "s3://bucket/model",
+        "dataset": {"id": "ds-1", "url": "s3://bucket/ds"},
+        "class_names": CLASSES,
+        "test": test,
+        "history": history,
+        "training": {"architecture": {"model": "resnet20"}, "job": {"workers": 2, "replicas": 2}},
+    }
+    page = report.render(
+        metrics, source=src, sample=images[:48], sample_labels=labels[:48], sample_pred=predicted[:48]
+    )
+    assert page.count("data:image/png;base64,") == 3  # curves, confusion matrix, image grid
+    assert "2 worker(s), 2 replica(s)" in page and "class9" in page and "<script" not in page

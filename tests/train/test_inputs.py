@@ -1,0 +1,79 @@
+"""The tf.data side: the in-graph augmentation and the per-worker datasets the strategy distributes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from cifarflow.errors import InputError, unmark  # noqa: E402
+from cifarflow.storage import Store  # noqa: E402
+from cifarflow.train import inputs, source  # noqa: E402
+
+
+def all_crops(image: np.ndarray) -> list[np.ndarray]:
+    """Every 32x32 crop of the 4-pixel reflection-padded image, flipped and not (81 x 2)."""
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    crops = [padded[y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+    return crops + [c[:, ::-1] for c in crops]
+
+
+def test_augment_is_a_padded_crop_and_flip_per_image() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    out = inputs.augment(tf.constant(images), tf.constant([7, 11], tf.int64)).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    used = set()
+    for image, augmented in zip(images, out, strict=True):
+        matches = [i for i, crop in enumerate(all_crops(image)) if np.array_equal(crop, augmented)]
+        assert matches, "an augmented image is not a crop of its padded original"
+        used.add(matches[0])
+    assert len(used) > 20  # per-image randomness, not one crop for the whole batch
+
+
+def test_augment_is_reproducible_from_its_seed() -> None:
+    images = tf.constant(np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    a = inputs.augment(images, tf.constant([1, 2], tf.int64)).numpy()
+    b = inputs.augment(images, tf.constant([1, 2], tf.int64)).numpy()
+    c = inputs.augment(images, tf.constant([1, 3], tf.int64)).numpy()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_each_worker_gets_per_replica_batches_of_its_own_files(tiny_dataset: str) -> None:
+    src = source.open_source(Store(), tiny_dataset)
+    labels = []
+    for worker in (0, 1):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2
+        )
+        ds = inputs.make_dataset(src, "train", batch_size=16, training=True, context=context)
+        images, y = next(iter(ds))
+        assert images.shape == (16, 32, 32, 3) and images.dtype == tf.uint8 and y.dtype == tf.int32
+        labels.append(y.numpy())
+    assert not np.array_equal(labels[0], labels[1])
+
+
+def test_evaluation_dataset_covers_the_split(tiny_dataset: str) -> None:
+    src = source.open_source(Store(), tiny_dataset)
+    ds = inputs.make_dataset(src, "test", batch_size=100, training=False)
+    sizes = [int(y.shape[0]) for _, y in ds]
+    assert sizes == [100, 100, 56]
+
+
+def test_a_corrupt_shard_surfaces_as_its_one_line_error(tiny_dataset: str, tmp_path: Path) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, copy)
+    shard = next((copy / "train").glob("*.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    shard.write_bytes(bytes(data))
+    src = source.open_source(Store(), str(copy))
+    ds = inputs.make_dataset(src, "train", batch_size=16, training=True)
+    with pytest.raises(tf.errors.OpError) as caught:
+        next(iter(ds))
+    error = unmark(caught.value.message)
+    assert isinstance(error, InputError)
+    assert "does not match its manifest checksum" in error.problem
