@@ -86,7 +86,7 @@ def preprocess(
             ),
         )
     )
-    steps.publish_dataset(result, dataset)
+    steps.publish_dataset(result, dataset, steps.make_store(s3_endpoint))
 
 
 @component
@@ -114,7 +114,7 @@ def train(
 
     result = steps.train(
         steps.TrainRequest(
-            dataset_url=dataset.uri,
+            dataset_url=dataset.metadata["dataset_url"],
             workdir=workdir,
             model=model_name,
             epochs=epochs,
@@ -131,7 +131,7 @@ def train(
             ),
         )
     )
-    steps.publish_model(result, model)
+    steps.publish_model(result, model, steps.make_store(s3_endpoint))
 
 
 @component
@@ -148,6 +148,8 @@ def evaluate(
     from cifarflow.pipeline import steps
 
     result = steps.evaluate(
-        dataset_url=dataset.uri, model_url=str(model.metadata["model_url"]), s3_endpoint=s3_endpoint
+        dataset_url=dataset.metadata["dataset_url"],
+        model_url=model.metadata["model_url"],
+        s3_endpoint=s3_endpoint,
     )
     steps.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)

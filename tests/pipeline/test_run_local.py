@@ -65,23 +65,28 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     log = _plain(Path(out["log"]).read_text())
     finished = re.findall(r"Task '(\w+)' finished with status (\w+)", log)
     assert finished == [(step, "SUCCESS") for step in STEPS]
-    (run_dir,) = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("cifarflow-cifar10-")]
+    run_dir = Path(out["kfp outputs"])
+    assert run_dir.parent == root
 
-    # Dataset: the URI is the committed manifest; the metadata carries the id and the counts.
+    # Dataset: the artifact is the committed manifest (a byte copy); the metadata has the id, counts, origin.
     dataset = _artifacts(run_dir, "preprocess")["dataset"]
-    assert dataset["uri"] == out["dataset"]
-    manifest, _ = mf.load(Store(), dataset["uri"])
     meta = dataset["metadata"]
-    assert meta["dataset_id"] == manifest.dataset_id == _path(dataset["uri"]).parent.name
+    assert meta["dataset_url"] == out["dataset"]
+    manifest, base = mf.load(Store(), meta["dataset_url"])
+    assert Path(dataset["uri"]).read_bytes() == _path(meta["manifest_url"]).read_bytes()
+    assert meta["dataset_id"] == manifest.dataset_id == Path(base).name
     assert meta["train_images"] + meta["val_images"] == TRAIN
     assert meta["test_images"] == TEST == manifest.splits["test"].rows
     assert meta["class_names"] == manifest.class_names
 
-    # Model: the URI is a SavedModel in the workdir, under the dataset's id.
+    # Model: the artifact is a SavedModel (a copy of the one in the workdir, under the dataset's id).
     model = _artifacts(run_dir, "train")["model"]
-    assert model["uri"] == out["model"]
-    assert (_path(model["uri"]) / "saved_model.pb").is_file()
-    assert f"/models/{manifest.dataset_id}/" in model["uri"]
+    assert (Path(model["uri"]) / "saved_model.pb").is_file()
+    assert model["metadata"]["saved_model_url"] == out["model"]
+    assert (_path(out["model"]) / "saved_model.pb").read_bytes() == (
+        Path(model["uri"]) / "saved_model.pb"
+    ).read_bytes()
+    assert f"/models/{manifest.dataset_id}/" in out["model"]
 
     # Metrics, confusion matrix (with class names) and the HTML report, consistent with one another.
     evaluation = _artifacts(run_dir, "evaluate")
@@ -96,19 +101,20 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     for key in ("train_loss", "val_loss"):
         assert math.isfinite(scores[key]) and scores[key] > 0
     assert float(out["accuracy"]) == pytest.approx(scores["accuracy"], abs=1e-3)
-    report = Path(evaluation["report"]["uri"]).read_text()
-    assert report.lstrip().lower().startswith(("<!doctype html", "<html"))
+    report = Path(evaluation["report"]["uri"]).read_bytes()
+    assert report == _path(out["report"]).read_bytes()
+    assert report.lstrip().lower().startswith((b"<!doctype html", b"<html"))
     saved_metrics = json.loads(_path(scores["metrics_url"]).read_text())
     assert saved_metrics["test"]["confusion_matrix"] == rows
 
     # Second run, same data: preprocess is a cache hit (keyed on the dataset id), and a bad parameter fails
     # in its step with one error line.
-    res = cli("pipeline", "run-local", *common, "--param", "model=resnet1000")
+    res = cli("pipeline", "run-local", *common, "--param", "epochs=0")
     assert res.code == 2
     assert re.search(r"Task '?preprocess'? cache hit", _plain(res.err))
     assert res.error_lines == [
-        "error: step train failed: pipeline parameter model='resnet1000' is invalid: "
-        "Input should be 'resnet20' or 'resnet9' (fix: fix --param model=...)"
+        "error: step train failed: pipeline parameter epochs=0 is invalid: "
+        "Input should be greater than or equal to 1 (fix: fix --param epochs=...)"
     ]
 
 

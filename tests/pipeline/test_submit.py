@@ -76,7 +76,7 @@ def test_submit_uploads_the_compiled_pipeline_and_starts_a_run_with_the_paramete
         "source": "s3://data/cifar-10-python.tar.gz",
         "val_fraction": 0.2,
     }
-    assert body["runtime_config"]["pipeline_root"] == "s3://cifarflow/work"
+    assert "pipeline_root" not in body["runtime_config"]  # KFP's configured root
     assert body["service_account"] == "pipeline-runner"
     (experiment,) = kfp_server.experiments.values()
     assert experiment["display_name"] == "nightly"
@@ -96,7 +96,7 @@ def test_resubmitting_the_same_pipeline_uploads_nothing_and_a_change_uploads_a_n
     # The server already has this content under another name (its first version): simulate a code change by
     # renaming what it has, so the next submit must upload a version named after the content.
     kfp_server.versions[pipeline_id][0]["display_name"] = "older"
-    res = cli("pipeline", "submit", "--host", kfp_server.host, "--param", "workdir=gs://team-bucket/cf")
+    res = cli("pipeline", "submit", "--host", kfp_server.host, "--pipeline-root", "gs://team-bucket/kfp")
     assert res.code == 0, res.err
     (version_upload,) = kfp_server.calls("POST", "/pipelines/upload_version")
     digest = definition.digest(_write(tmp_path / "p.yaml", compiled))
@@ -109,7 +109,7 @@ def test_resubmitting_the_same_pipeline_uploads_nothing_and_a_change_uploads_a_n
     assert len(kfp_server.calls("POST", "/pipelines/upload_version")) == 1
     runs = [r.json for r in kfp_server.calls("POST", "/runs")]
     assert len(runs) == 3
-    assert runs[1]["runtime_config"]["pipeline_root"] == "gs://team-bucket/cf"
+    assert runs[1]["runtime_config"]["pipeline_root"] == "gs://team-bucket/kfp"
     assert (
         runs[2]["pipeline_version_reference"]["pipeline_version_id"]
         == runs[1]["pipeline_version_reference"]["pipeline_version_id"]

@@ -16,7 +16,6 @@ pipeline_app = typer.Typer(
 )
 app.add_typer(pipeline_app, name="pipeline")
 
-OUTPUT_ORDER = ["dataset", "model", "metrics", "confusion", "report"]
 ParamOption = typer.Option(
     [], "--param", "-p", metavar="KEY=VALUE", help="A pipeline parameter (repeatable), e.g. --param epochs=5."
 )
@@ -58,7 +57,7 @@ def submit(
     pipeline_root: str | None = typer.Option(
         None,
         "--pipeline-root",
-        help="Where KFP keeps the run's artifacts (default: the workdir, if a bucket).",
+        help="Where KFP keeps the run's artifacts (default: KFP's configured root).",
     ),
     run_name: str | None = typer.Option(None, "--run-name", help="Display name of the run."),
 ) -> None:
@@ -112,10 +111,13 @@ def run_local(
         verbose=state.verbose,
         cache=cache,
     )
-    for name in sorted(run.outputs, key=OUTPUT_ORDER.index):
-        out(f"{name}: {run.outputs[name].uri}")
-    if "metrics" in run.outputs:
-        for key, value in sorted(run.outputs["metrics"].metadata.items()):
-            if isinstance(value, float | int):
-                out(f"{key}: {value:.4g}")
+    # Where things are: the originals in the workdir, then KFP's own record of the run (artifact copies).
+    meta = {name: output.metadata for name, output in run.outputs.items()}
+    out(f"dataset: {meta['dataset']['dataset_url']}")
+    out(f"model: {meta['model']['saved_model_url']}")
+    out(f"report: {meta['report']['report_url']}")
+    for key, value in meta["metrics"].items():
+        if isinstance(value, float | int):
+            out(f"{key}: {value:.4g}")
+    out(f"kfp outputs: {run.run_dir}")
     out(f"log: {run.log_file}")

@@ -59,6 +59,12 @@ class LocalRun:
     outputs: dict[str, Output]
     seconds: float
 
+    @property
+    def run_dir(self) -> Path:
+        """``<pipeline root>/<pipeline>-<timestamp>``: every task's outputs and executor_output.json."""
+        any_output = next(iter(self.outputs.values()))
+        return Path(any_output.uri).parents[1]
+
 
 def arguments(params: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
     """The cluster defaults, with :data:`LOCAL_OVERRIDES` and a local workdir, under what the user gave."""

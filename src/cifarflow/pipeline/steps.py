@@ -342,7 +342,7 @@ def evaluate(*, dataset_url: str, model_url: str, s3_endpoint: str) -> Evaluatio
 
 
 class Artifact(Protocol):
-    """The part of ``kfp.dsl.Artifact`` the publishers use (kept structural so tests need no KFP)."""
+    """The part of ``kfp.dsl.Artifact`` the publishers use (structural, so tests need no KFP)."""
 
     uri: str
     metadata: dict[str, Any]
@@ -351,19 +351,20 @@ class Artifact(Protocol):
     def path(self) -> str: ...
 
 
-def artifact_uri(url: str) -> str:
-    """An artifact URI for a store URL: bucket URLs as they are, local files as plain paths (KFP's own form
-    for local artifacts, which kfp.local's cache checks for existence; it cannot read ``file://``)."""
-    return url.removeprefix("file://") if url.startswith("file://") else url
+# KFP records an output artifact at the URI it assigned under the run's pipeline root, and its launcher
+# refuses any other URI, so the artifacts hold copies (a manifest, a SavedModel: small) and say in their
+# metadata where the originals live. A Model artifact is thus a complete SavedModel in KFP's store, servable
+# from there.
 
 
-def publish_dataset(info: DatasetInfo, artifact: Any) -> None:
-    """The Dataset artifact *is* the committed manifest (its URI), with the id and counts for the UI."""
-    artifact.uri = artifact_uri(info.manifest_url)
+def publish_dataset(info: DatasetInfo, artifact: Artifact, store: Store) -> None:
+    """The Dataset artifact is the committed ``_manifest.json`` (a byte copy), with the id and counts."""
+    _write(artifact.path, store.read_bytes(info.manifest_url))
     artifact.metadata.update(
         {
             "dataset_id": info.dataset_id,
             "dataset_url": info.dataset_url,
+            "manifest_url": info.manifest_url,
             "num_classes": len(info.class_names),
             "class_names": info.class_names,
             "reused": info.reused,
@@ -372,12 +373,14 @@ def publish_dataset(info: DatasetInfo, artifact: Any) -> None:
     )
 
 
-def publish_model(info: ModelInfo, artifact: Any) -> None:
-    artifact.uri = artifact_uri(info.saved_model_url)
+def publish_model(info: ModelInfo, artifact: Artifact, store: Store) -> None:
+    """The Model artifact is the SavedModel (a copy of ``MODEL_URL/saved_model``)."""
+    copy_tree(store, info.saved_model_url, artifact.path)
     artifact.metadata.update(
         {
             "framework": "tensorflow",
             "model_url": info.model_url,
+            "saved_model_url": info.saved_model_url,
             "dataset_id": info.dataset_id,
             "model": info.model,
             "epochs": info.epochs,
@@ -387,15 +390,14 @@ def publish_model(info: ModelInfo, artifact: Any) -> None:
     )
 
 
-def publish_evaluation(result: Evaluation, *, metrics: Any, confusion: Any, report: Any) -> None:
+def publish_evaluation(
+    result: Evaluation, *, metrics: Artifact, confusion: Artifact, report: Artifact
+) -> None:
     for name, value in result.scores.items():
-        metrics.log_metric(name, value)
+        metrics.log_metric(name, value)  # type: ignore[attr-defined]
     metrics.metadata["metrics_url"] = result.metrics_url
-    confusion.log_confusion_matrix(result.class_names, result.confusion)
-    # KFP uploads what is written at .path (a local path in the pod) to the artifact's URI after the step.
-    os.makedirs(os.path.dirname(report.path) or ".", exist_ok=True)
-    with open(report.path, "wb") as handle:
-        handle.write(result.report_html)
+    confusion.log_confusion_matrix(result.class_names, result.confusion)  # type: ignore[attr-defined]
+    _write(report.path, result.report_html)
     report.metadata["report_url"] = result.report_url
 
 
@@ -411,6 +413,19 @@ def describe_dataset(store: Store, dataset_url: str, *, reused: bool) -> Dataset
     return DatasetInfo(
         manifest.dataset_id, base, join(base, mf.MANIFEST), counts, list(manifest.class_names), reused
     )
+
+
+def copy_tree(store: Store, url: str, local: str) -> None:
+    """Copy every file under ``url`` into the local folder ``local``."""
+    fs, path = store.fs(url)
+    os.makedirs(local, exist_ok=True)
+    fs.get(path.rstrip("/") + "/", local.rstrip("/") + "/", recursive=True)
+
+
+def _write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
 
 
 def _committed(store: Store, dataset_url: str) -> bool:

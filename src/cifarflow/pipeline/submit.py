@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENVS = ("KF_PIPELINES_TOKEN", "KFP_TOKEN")
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"
-# The run's pipeline root holds KFP's own artifacts; it must contain the URIs the steps publish (datasets and
-# models under the workdir), because KFP's launcher only accepts output URIs under the run's pipeline root.
-ROOT_SCHEMES = ("s3://", "gs://", "minio://")
 
 
 @dataclass(frozen=True)
@@ -49,15 +46,6 @@ def token_from_env() -> str | None:
         if os.environ.get(name):
             return os.environ[name]
     return None
-
-
-def default_pipeline_root(params: dict[str, Any], pipeline: Any) -> str | None:
-    """The workdir itself when it is a bucket URL (see :data:`ROOT_SCHEMES`), else KFP's configured
-    default."""
-    from cifarflow.pipeline.params import defaults
-
-    workdir = str(params.get("workdir", defaults(pipeline).get("workdir", "")))
-    return workdir.rstrip("/") if workdir.startswith(ROOT_SCHEMES) else None
 
 
 def submit(
@@ -80,8 +68,6 @@ def submit(
         )
     host = host.rstrip("/")
     name = definition.pipeline_name()
-    pipeline = definition.pipeline_func()
-    root = pipeline_root or default_pipeline_root(params, pipeline)
     with tempfile.TemporaryDirectory(prefix="cifarflow-submit-") as tmp:
         package = definition.compile_to(Path(tmp) / "pipeline.yaml")
         version_name = f"{__version__}-{definition.digest(package)}"
@@ -99,7 +85,7 @@ def submit(
             params=params,
             pipeline_id=pipeline_id,
             version_id=version_id,
-            pipeline_root=root,
+            pipeline_root=pipeline_root,
             service_account=service_account,
         )
     ui = os.environ.get(UI_ENV, host).rstrip("/")
