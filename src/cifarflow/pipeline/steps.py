@@ -470,8 +470,7 @@ def _preprocess_on_k8s(req: PreprocessRequest, out: str) -> None:
         images_from_cluster=not spark.image,
         spark={
             **({"image": spark.image} if spark.image else {}),
-            "executors": spark.executors,
-            "dynamic_allocation": {"max_executors": spark.executors},
+            "executors": spark.executors,  # the initial count; dynamic allocation scales from there
             "executor": {
                 "cores": spark.executor_cores,
                 "core_limit": str(spark.executor_cores),

@@ -1,0 +1,315 @@
+"""The step logic behind the components: the k8s backend's jobs, publishing artifacts, the error contract.
+
+The Kubernetes API cannot run here, so the launchers' submit-and-watch is replaced by a stand-in that builds
+the job with the launchers' own builders (what would be submitted) and then plays the job's part: it commits
+the dataset or writes the SavedModel, as the driver or the chief would. Everything else is real: storage,
+manifests, TrainConfig validation, kfp's artifact classes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from kfp import dsl
+
+from cifarflow.data import manifest as mf
+from cifarflow.errors import InputError
+from cifarflow.k8s import launcher, names
+from cifarflow.pipeline import steps
+from cifarflow.storage import Store, join
+
+DATASET_ID = "ds-0123456789abcdef"
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+def commit_dataset(store: Store, url: str, dataset_id: str = DATASET_ID) -> str:
+    """A tiny committed dataset (2 images per split) written with the manifest module's own writers."""
+    splits = {}
+    for split in mf.SPLITS:
+        table = pa.table(
+            {
+                "id": [f"{split}-0", f"{split}-1"],
+                "label": pa.array([0, 1], pa.int32()),
+                "image": [bytes(3072), np.full(3072, 255, np.uint8).tobytes()],
+            }
+        )
+        entry = mf.write_shard(store, url, f"{split}/part-00000.parquet", table)
+        splits[split] = mf.SplitInfo(rows=2, files=[entry])
+    manifest = mf.Manifest(
+        dataset_id=dataset_id,
+        num_classes=10,
+        class_names=CLASSES,
+        splits=splits,
+        stats=mf.FileEntry(path=mf.STATS, bytes=0, sha256=""),
+        source={"raw": "test"},
+        parameters={"val_fraction": 0.1, "seed": 0},
+    )
+    stats = mf.Stats(mean=[0.5] * 3, std=[0.5] * 3, counts={s: [1, 1] + [0] * 8 for s in mf.SPLITS})
+    return mf.commit(store, url, manifest, stats)
+
+
+def cluster(**kw: Any) -> steps.Cluster:
+    fields: dict[str, Any] = {
+        "backend": "k8s",
+        "namespace": "ml",
+        "bucket_secret": "bucket-creds",
+        "s3_endpoint": "http://minio.ml:9000",
+        "run_id": "9b2f6c1e-0000-4000-8000-000000000001",
+        "timeout_s": 3000,
+    }
+    return steps.Cluster(**(fields | kw))
+
+
+def spark(**kw: Any) -> steps.SparkSettings:
+    fields: dict[str, Any] = {
+        "image": "registry.example/cifarflow-spark:abc123",
+        "executors": 3,
+        "executor_cores": 2,
+        "executor_memory": "3g",
+        "driver_memory": "2g",
+    }
+    return steps.SparkSettings(**(fields | kw))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> str:
+    return str(tmp_path / "work")
+
+
+@dataclass
+class Submitted:
+    """Jobs the launchers were asked to run: their settings and the body the launchers' builders made."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    chief_exports: bool = True  # whether the stand-in TFJob leaves a SavedModel behind
+
+
+@pytest.fixture
+def submitted(monkeypatch: pytest.MonkeyPatch) -> Submitted:
+    state = Submitted()
+    jobs = state.jobs
+
+    def launch_preprocess(settings: Any, run_id: str, **kw: Any) -> launcher.LaunchResult:
+        spec = launcher.preprocess_job(settings, run_id, **kw)
+        jobs.append({"settings": settings, "run_id": run_id, "body": spec.body, **kw})
+        commit_dataset(Store(), join(kw["out"], DATASET_ID))  # what the Spark driver does
+        return launcher.LaunchResult(
+            "SparkApplication", spec.name, settings.namespace, "COMPLETED", False, False, 1
+        )
+
+    def launch_train(settings: Any, run_id: str, **kw: Any) -> launcher.LaunchResult:
+        spec = launcher.train_job(settings, run_id, **kw)
+        jobs.append({"settings": settings, "run_id": run_id, "body": spec.body, **kw})
+        if state.chief_exports:
+            Store().write_bytes(
+                join(kw["out"], "saved_model", "saved_model.pb"), b"graph"
+            )  # what the chief does
+        return launcher.LaunchResult("TFJob", spec.name, settings.namespace, "Succeeded", False, False, 1)
+
+    monkeypatch.setattr(launcher, "launch_preprocess", launch_preprocess)
+    monkeypatch.setattr(launcher, "launch_train", launch_train)
+    for key in [k for k in os.environ if k.startswith("CIFARFLOW_K8S_")]:
+        monkeypatch.delenv(key)
+    return state
+
+
+def preprocess_request(workdir: str, **kw: Any) -> steps.PreprocessRequest:
+    fields: dict[str, Any] = {
+        "dataset_id": DATASET_ID,
+        "raw_url": workdir + "/raw",
+        "workdir": workdir,
+        "val_fraction": 0.1,
+        "seed": 7,
+        "partitions": 0,
+        "spark": spark(),
+        "cluster": cluster(run_id=""),
+    }
+    return steps.PreprocessRequest(**(fields | kw))
+
+
+def test_preprocess_on_k8s_runs_a_spark_application_built_from_the_parameters(
+    workdir: str, submitted: Submitted
+) -> None:
+    info = steps.preprocess(preprocess_request(workdir))
+    (job,) = submitted.jobs
+    body, settings = job["body"], job["settings"]
+    assert body["kind"] == "SparkApplication"
+    assert body["metadata"]["namespace"] == "ml"
+    assert body["spec"]["image"] == "registry.example/cifarflow-spark:abc123"
+    assert body["spec"]["dynamicAllocation"]["initialExecutors"] == 3
+    assert body["spec"]["executor"]["cores"] == 2
+    assert body["spec"]["executor"]["memory"] == "3g"
+    assert body["spec"]["driver"]["memory"] == "2g"
+    assert settings.storage.credentials_secret == "bucket-creds"
+    assert settings.storage.s3_endpoint == "http://minio.ml:9000"
+    assert settings.watch.timeout_s == 3000
+    assert settings.images_from_cluster is False
+    args = body["spec"]["arguments"]
+    assert args[:5] == ["preprocess", "--raw", workdir + "/raw", "--out", "file://" + workdir + "/datasets"]
+    assert args[args.index("--seed") + 1] == "7"
+    # The job is named after the dataset and the Spark settings: no run id, so KFP's cache key stays stable.
+    assert job["run_id"].startswith(DATASET_ID + "-")
+    assert info.dataset_id == DATASET_ID
+    assert info.counts == {"train": 2, "val": 2, "test": 2}
+
+
+def test_the_spark_job_name_is_stable_and_changes_with_the_settings(
+    workdir: str, tmp_path: Path, submitted: Submitted
+) -> None:
+    steps.preprocess(preprocess_request(workdir))
+    steps.preprocess(preprocess_request(str(tmp_path / "w2")))
+    steps.preprocess(preprocess_request(str(tmp_path / "w3"), spark=spark(executors=5)))
+    first, again, other = (names.job_name("preprocess", job["run_id"]) for job in submitted.jobs)
+    assert first == again != other
+
+
+def test_a_committed_dataset_starts_no_job(workdir: str, submitted: Submitted) -> None:
+    commit_dataset(Store(), join(steps.datasets_root(workdir), DATASET_ID))
+    info = steps.preprocess(preprocess_request(workdir))
+    assert submitted.jobs == []
+    assert info.reused is True
+
+
+def test_an_empty_spark_image_means_the_one_skaffold_deployed(workdir: str, submitted: Submitted) -> None:
+    steps.preprocess(preprocess_request(workdir, spark=spark(image="")))
+    assert submitted.jobs[0]["settings"].images_from_cluster is True
+
+
+def train_request(workdir: str, dataset_url: str, **kw: Any) -> steps.TrainRequest:
+    fields: dict[str, Any] = {
+        "dataset_url": dataset_url,
+        "workdir": workdir,
+        "model": "resnet9",
+        "epochs": 4,
+        "batch_size": 256,
+        "seed": 1,
+        "tfjob": steps.TFJobSettings(
+            image="registry.example/cifarflow-trainer:abc123", workers=3, gpus_per_worker=1
+        ),
+        "cluster": cluster(),
+    }
+    return steps.TrainRequest(**(fields | kw))
+
+
+def test_train_on_k8s_runs_a_tfjob_for_the_run(workdir: str, submitted: Submitted) -> None:
+    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    commit_dataset(Store(), dataset)
+    info = steps.train(train_request(workdir, dataset))
+    (job,) = submitted.jobs
+    body = job["body"]
+    worker = body["spec"]["tfReplicaSpecs"]["Worker"]
+    container = worker["template"]["spec"]["containers"][0]
+    assert body["kind"] == "TFJob" and body["metadata"]["namespace"] == "ml"
+    assert worker["replicas"] == 3
+    assert container["image"] == "registry.example/cifarflow-trainer:abc123"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    assert job["run_id"] == "9b2f6c1e-0000-4000-8000-000000000001"
+    assert job["extra_args"] == [
+        "--model", "resnet9", "--epochs", "4", "--batch-size", "256", "--seed", "1", "--no-evaluate",
+    ]  # fmt: skip
+    assert job["out"] == info.model_url == join("file://" + workdir, "models", DATASET_ID, job["run_id"])
+    assert info.saved_model_url == info.model_url + "/saved_model"
+
+
+def test_a_tfjob_that_leaves_no_savedmodel_is_one_error_line(
+    workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submitted.chief_exports = False
+    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    commit_dataset(Store(), dataset)
+    with pytest.raises(SystemExit) as exit_info:
+        steps.train(train_request(workdir, dataset))
+    assert exit_info.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: training finished without a SavedModel at file://")
+    assert line.endswith("(fix: read the training job's log)")
+
+
+def test_bad_training_parameters_fail_before_any_job(
+    workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    commit_dataset(Store(), dataset)
+    with pytest.raises(SystemExit):
+        steps.train(train_request(workdir, dataset, batch_size=0))
+    assert submitted.jobs == []
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: pipeline parameter batch_size=0 is invalid: Input should be greater than or equal to 1 "
+        "(fix: fix --param batch_size=...)"
+    )
+
+
+def test_publish_dataset_and_model_write_copies_and_say_where_the_originals_are(tmp_path: Path) -> None:
+    store = Store()
+    dataset_url = "file://" + str(tmp_path / "datasets" / DATASET_ID)
+    manifest_url = commit_dataset(store, dataset_url)
+    info = steps.describe_dataset(store, dataset_url, reused=False)
+    artifact = dsl.Dataset(uri=str(tmp_path / "kfp" / "preprocess" / "dataset"))
+    steps.publish_dataset(info, artifact, store)
+    assert Path(artifact.path).read_bytes() == store.read_bytes(manifest_url)
+    assert artifact.metadata == {
+        "dataset_id": DATASET_ID,
+        "dataset_url": dataset_url,
+        "manifest_url": manifest_url,
+        "num_classes": 10,
+        "class_names": CLASSES,
+        "reused": False,
+        "test_images": 2,
+        "train_images": 2,
+        "val_images": 2,
+    }
+
+    model_url = "file://" + str(tmp_path / "models" / "m")
+    for rel in ("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"):
+        store.write_bytes(join(model_url, "saved_model", rel), rel.encode())
+    model = dsl.Model(uri=str(tmp_path / "kfp" / "train" / "model"))
+    steps.publish_model(
+        steps.ModelInfo(model_url, model_url + "/saved_model", DATASET_ID, "resnet20", 3, 128), model, store
+    )
+    copied = sorted(str(p.relative_to(model.path)) for p in Path(model.path).rglob("*") if p.is_file())
+    assert copied == [
+        "saved_model.pb",
+        "variables/variables.data-00000-of-00001",
+        "variables/variables.index",
+    ]
+    assert model.metadata["saved_model_url"] == model_url + "/saved_model"
+    assert model.metadata["framework"] == "tensorflow"
+
+
+def test_publish_evaluation_fills_the_kfp_metrics_artifacts(tmp_path: Path) -> None:
+    result = steps.Evaluation(
+        scores={"accuracy": 0.75, "test_images": 4.0},
+        class_names=["a", "b"],
+        confusion=[[2, 0], [1, 1]],
+        report_url="s3://b/report.html",
+        metrics_url="s3://b/metrics.json",
+        report_html=b"<html>report</html>",
+    )
+    metrics = dsl.Metrics(uri=str(tmp_path / "m"))
+    confusion = dsl.ClassificationMetrics(uri=str(tmp_path / "c"))
+    report = dsl.HTML(uri=str(tmp_path / "r"))
+    steps.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)
+    assert metrics.metadata == {"accuracy": 0.75, "test_images": 4.0, "metrics_url": "s3://b/metrics.json"}
+    assert confusion.metadata["confusionMatrix"] == {
+        "annotationSpecs": [{"displayName": "a"}, {"displayName": "b"}],
+        "rows": [{"row": [2, 0]}, {"row": [1, 1]}],
+    }
+    assert Path(report.path).read_bytes() == b"<html>report</html>"
+
+
+def test_an_unknown_backend_is_refused_inside_the_step(
+    workdir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        steps.preprocess(preprocess_request(workdir, cluster=cluster(backend="cloud")))
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: unknown backend 'cloud' (fix: use backend=local or backend=k8s)"
+    )
+    with pytest.raises(InputError):
+        steps.check_arguments({"backend": "cloud"})
