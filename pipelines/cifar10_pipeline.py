@@ -29,6 +29,10 @@ DEADLINES = {
 }
 JOB_MARGIN_S = 600
 
+# The cluster's settings, read by cifarflow.pipeline.steps.deployment(); parameters left empty defer to them.
+DEFAULTS_CONFIG_MAP = "cifarflow-defaults"
+DEFAULTS_DIR = "/etc/cifarflow/defaults"
+
 # Bucket credentials for S3-compatible stores (MinIO/SeaweedFS). Optional, so the same pipeline runs on GKE
 # with Workload Identity and no Secret at all.
 BUCKET_SECRET_KEYS = {
@@ -38,8 +42,11 @@ BUCKET_SECRET_KEYS = {
 
 
 def _on_cluster(task: dsl.PipelineTask, step: str, image: str, bucket_secret: str) -> None:
-    """What every task needs in a cluster: the pipeline image, the bucket Secret as env and a deadline."""
+    """What every task needs in a cluster: the pipeline image, the deployment's settings, the bucket Secret as
+    env, and a deadline."""
     task.set_container_image(image)
+    # k8s/base's cifarflow-defaults: workdir, store, launcher settings (GPUs, node pools) of this cluster.
+    kubernetes.use_config_map_as_volume(task, DEFAULTS_CONFIG_MAP, mount_path=DEFAULTS_DIR, optional=True)
     # Images built into minikube's Docker by skaffold exist on the node only: never pull what is there.
     kubernetes.set_image_pull_policy(task, "IfNotPresent")
     kubernetes.use_secret_as_env(
@@ -64,10 +71,10 @@ class Outputs(NamedTuple):
 )
 def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with positional arguments
     source: str = "cifar10",
-    workdir: str = "s3://cifarflow/work",
-    s3_endpoint: str = "http://seaweedfs.cifarflow.svc:8333",
+    workdir: str = "",
+    s3_endpoint: str = "",
     backend: str = "k8s",
-    namespace: str = "cifarflow",
+    namespace: str = "",
     pipeline_image: str = c.IMAGE,
     spark_image: str = "",
     trainer_image: str = "",
@@ -80,11 +87,36 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     spark_executor_memory: str = "1g",
     spark_driver_memory: str = "1g",
     train_workers: int = 2,
-    gpus_per_worker: int = 0,
+    gpus_per_worker: int = -1,
     model: str = "resnet20",
     epochs: int = 30,
     batch_size: int = 128,
 ) -> Outputs:
+    """CIFAR-10 from a bucket to an evaluated model. Empty values defer to the cluster's cifarflow-defaults.
+
+    Args:
+        source: cifar10, cifar100, an http(s) URL, or a bucket URL of a CIFAR archive.
+        workdir: Bucket URL for raw data, datasets and models ("" = CIFARFLOW_WORKDIR of the cluster).
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL; none for GCS).
+        backend: k8s (SparkApplication and TFJob) or local (Spark and TensorFlow inside the step's pod).
+        namespace: Namespace of the Spark and TF jobs ("" = the cluster's, cifarflow).
+        pipeline_image: Image every step runs in (cifarflow-pipeline, with the tag skaffold built).
+        spark_image: Image of the SparkApplication ("" = the tag skaffold deployed).
+        trainer_image: Image of the TFJob ("" = the tag skaffold deployed).
+        bucket_secret: Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the steps (optional).
+        val_fraction: Share of each class's train images held out for validation.
+        seed: Seed of the train/val split and of training.
+        partitions: Spark read tasks (0 = one per input file or 16 MiB range).
+        spark_executors: Initial Spark executors (dynamic allocation scales from there).
+        spark_executor_cores: Cores per executor.
+        spark_executor_memory: JVM memory per executor (e.g. 1g).
+        spark_driver_memory: JVM memory of the driver (e.g. 1g).
+        train_workers: TFJob Worker replicas (MultiWorkerMirroredStrategy).
+        gpus_per_worker: nvidia.com/gpu per worker (-1 = the cluster's: 0 on minikube, 1 on GKE).
+        model: resnet20 or resnet9.
+        epochs: Training epochs.
+        batch_size: Global batch size, split over all replicas.
+    """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
     ingest = c.ingest(source=source, workdir=workdir, s3_endpoint=s3_endpoint)
@@ -114,7 +146,6 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         spark_executor_cores=spark_executor_cores,
         spark_executor_memory=spark_executor_memory,
         spark_driver_memory=spark_driver_memory,
-        bucket_secret=bucket_secret,
         s3_endpoint=s3_endpoint,
         timeout_s=DEADLINES["preprocess"] - JOB_MARGIN_S,
     )
@@ -135,7 +166,6 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         trainer_image=trainer_image,
         workers=train_workers,
         gpus_per_worker=gpus_per_worker,
-        bucket_secret=bucket_secret,
         s3_endpoint=s3_endpoint,
         run_id=run_id,
         timeout_s=DEADLINES["train"] - JOB_MARGIN_S,

@@ -53,7 +53,6 @@ def preprocess(
     spark_executor_cores: int,
     spark_executor_memory: str,
     spark_driver_memory: str,
-    bucket_secret: str,
     s3_endpoint: str,
     timeout_s: int,
     dataset: Output[Dataset],
@@ -79,7 +78,6 @@ def preprocess(
             cluster=steps.Cluster(
                 backend=backend,
                 namespace=namespace,
-                bucket_secret=bucket_secret,
                 s3_endpoint=s3_endpoint,
                 run_id="",  # the job is named after the dataset: the run must not enter the cache key
                 timeout_s=timeout_s,
@@ -103,7 +101,6 @@ def train(
     trainer_image: str,
     workers: int,
     gpus_per_worker: int,
-    bucket_secret: str,
     s3_endpoint: str,
     run_id: str,
     timeout_s: int,
@@ -124,7 +121,6 @@ def train(
             cluster=steps.Cluster(
                 backend=backend,
                 namespace=namespace,
-                bucket_secret=bucket_secret,
                 s3_endpoint=s3_endpoint,
                 run_id=run_id,
                 timeout_s=timeout_s,

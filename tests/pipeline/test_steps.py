@@ -9,7 +9,7 @@ manifests, TrainConfig validation, kfp's artifact classes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ def cluster(**kw: Any) -> steps.Cluster:
     fields: dict[str, Any] = {
         "backend": "k8s",
         "namespace": "ml",
-        "bucket_secret": "bucket-creds",
         "s3_endpoint": "http://minio.ml:9000",
         "run_id": "9b2f6c1e-0000-4000-8000-000000000001",
         "timeout_s": 3000,
@@ -116,6 +115,7 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> Submitted:
     monkeypatch.setattr(launcher, "launch_train", launch_train)
     for key in [k for k in os.environ if k.startswith("CIFARFLOW_K8S_")]:
         monkeypatch.delenv(key)
+    monkeypatch.setenv(steps.DEFAULTS_ENV, "/nonexistent")  # no deployment ConfigMap unless a test mounts one
     return state
 
 
@@ -146,7 +146,6 @@ def test_preprocess_on_k8s_runs_a_spark_application_built_from_the_parameters(
     assert body["spec"]["executor"]["cores"] == 2
     assert body["spec"]["executor"]["memory"] == "3g"
     assert body["spec"]["driver"]["memory"] == "2g"
-    assert settings.storage.credentials_secret == "bucket-creds"
     assert settings.storage.s3_endpoint == "http://minio.ml:9000"
     assert settings.watch.timeout_s == 3000
     assert settings.images_from_cluster is False
@@ -176,9 +175,13 @@ def test_a_committed_dataset_starts_no_job(workdir: str, submitted: Submitted) -
     assert info.reused is True
 
 
-def test_an_empty_spark_image_means_the_one_skaffold_deployed(workdir: str, submitted: Submitted) -> None:
-    steps.preprocess(preprocess_request(workdir, spark=spark(image="")))
-    assert submitted.jobs[0]["settings"].images_from_cluster is True
+def deploy_defaults(monkeypatch: pytest.MonkeyPatch, folder: Path, **data: str) -> None:
+    """The cifarflow-defaults ConfigMap as the kubelet mounts it: a file per key (and its own dot-entries)."""
+    folder.mkdir()
+    (folder / "..data").mkdir()
+    for key, value in data.items():
+        (folder / key).write_text(value)
+    monkeypatch.setenv(steps.DEFAULTS_ENV, str(folder))
 
 
 def train_request(workdir: str, dataset_url: str, **kw: Any) -> steps.TrainRequest:
@@ -313,3 +316,47 @@ def test_an_unknown_backend_is_refused_inside_the_step(
     )
     with pytest.raises(InputError):
         steps.check_arguments({"backend": "cloud"})
+
+
+def test_empty_parameters_defer_to_the_clusters_cifarflow_defaults(
+    tmp_path: Path, submitted: Submitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the GKE overlay deploys: GCS workdir, no endpoint or Secret, one GPU per worker, skaffold's images.
+    workdir = str(tmp_path / "gke-work")
+    deploy_defaults(
+        monkeypatch,
+        tmp_path / "defaults",
+        CIFARFLOW_WORKDIR=workdir,
+        CIFARFLOW_K8S_NAMESPACE="team-a",
+        CIFARFLOW_K8S_IMAGES_FROM_CLUSTER="true",
+        CIFARFLOW_K8S_STORAGE__S3_ENDPOINT="null",
+        CIFARFLOW_K8S_STORAGE__CREDENTIALS_SECRET="null",
+        CIFARFLOW_K8S_TRAIN__GPUS="1",
+    )
+    deferring = cluster(namespace="", s3_endpoint="")
+    steps.preprocess(preprocess_request("", spark=spark(image=""), cluster=replace(deferring, run_id="")))
+    info = steps.describe_dataset(Store(), join(steps.datasets_root(""), DATASET_ID), reused=False)
+    tfjob = steps.TFJobSettings(image="", workers=2, gpus_per_worker=-1)
+    steps.train(train_request("", info.dataset_url, tfjob=tfjob, cluster=deferring))
+    pre, train = (job["settings"] for job in submitted.jobs)
+    assert info.dataset_url == "file://" + workdir + "/datasets/" + DATASET_ID
+    assert pre.namespace == train.namespace == "team-a"
+    assert pre.images_from_cluster and train.images_from_cluster
+    assert pre.storage.s3_endpoint is None and pre.storage.credentials_secret is None
+    assert train.train.gpus == 1
+    # Parameters that are set win over the deployment.
+    steps.train(train_request("", info.dataset_url, cluster=cluster(namespace="ml")))
+    chosen = submitted.jobs[-1]["settings"]
+    assert (chosen.namespace, chosen.train.gpus, chosen.images_from_cluster) == ("ml", 1, False)
+    assert chosen.train.image == "registry.example/cifarflow-trainer:abc123"
+
+
+def test_no_workdir_anywhere_is_one_error_line(
+    submitted: Submitted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        steps.ingest(source="cifar10", workdir="", s3_endpoint="")
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(
+        "error: no workdir: the parameter is empty and no cifarflow-defaults ConfigMap sets "
+    )

@@ -31,6 +31,9 @@ from cifarflow.storage import StorageConfig, Store, join, normalize, redact
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "k8s")
+# Where the pipeline mounts the cifarflow-defaults ConfigMap (pipelines/cifar10_pipeline.py says the same).
+DEFAULTS_DIR = "/etc/cifarflow/defaults"
+DEFAULTS_ENV = "CIFARFLOW_DEFAULTS_DIR"
 T = TypeVar("T")
 
 
@@ -53,16 +56,37 @@ def model_url(workdir: str, dataset_id: str, run_id: str) -> str:
 
 
 def _workdir(workdir: str) -> str:
-    if not workdir.strip():
+    chosen = workdir.strip() or deployment().get("CIFARFLOW_WORKDIR", "").strip()
+    if not chosen:
         raise InputError(
-            "the workdir parameter is empty", "pass a bucket URL or folder, e.g. workdir=s3://bucket/work"
+            "no workdir: the parameter is empty and no cifarflow-defaults ConfigMap sets CIFARFLOW_WORKDIR",
+            "pass --param workdir=s3://bucket/work (or gs://...), or deploy k8s/overlays/<env>",
         )
-    return normalize(workdir.strip()).rstrip("/")
+    return normalize(chosen).rstrip("/")
 
 
 def make_store(s3_endpoint: str) -> Store:
-    """Empty endpoint = whatever the environment says (AWS_ENDPOINT_URL), or none (GCS, AWS)."""
-    return Store(StorageConfig.from_env(s3_endpoint or None))
+    """An empty endpoint means the deployment's (``AWS_ENDPOINT_URL``), or none at all (GCS, AWS S3)."""
+    return Store(StorageConfig.from_env(s3_endpoint or deployment().get("AWS_ENDPOINT_URL") or None))
+
+
+def deployment() -> dict[str, str]:
+    """The cluster's ``cifarflow-defaults`` ConfigMap, which the pipeline mounts into every task (k8s/base):
+    the workdir, the store, and the launchers' ``CIFARFLOW_K8S_*`` settings. Empty outside a cluster.
+
+    Pipeline parameters win over it; an empty parameter (or ``-1`` GPUs) leaves the deployment's value.
+    """
+    folder = os.environ.get(DEFAULTS_ENV, DEFAULTS_DIR)
+    if not os.path.isdir(folder):
+        return {}
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        # A mounted ConfigMap also holds ..data and timestamped folders: keys are the plain files.
+        if not name.startswith(".") and os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                out[name] = handle.read()
+    return out
 
 
 # -- the settings components pass ----------------------------------------------------------------------------
@@ -73,9 +97,8 @@ class Cluster:
     """Where and how a step's job runs."""
 
     backend: str
-    namespace: str
-    bucket_secret: str  # Secret with the bucket's credentials for the job's pods; "" = ambient identity (GKE)
-    s3_endpoint: str
+    namespace: str  # "" = the deployment's
+    s3_endpoint: str  # "" = the deployment's
     run_id: str  # the KFP run: names the step's job, so a retried step re-attaches to it ("" where unused)
     timeout_s: int
 
@@ -103,7 +126,7 @@ class SparkSettings:
 class TFJobSettings:
     image: str
     workers: int
-    gpus_per_worker: int
+    gpus_per_worker: int  # -1 = the deployment's (GKE's overlay: 1)
 
 
 @dataclass(frozen=True)
@@ -445,18 +468,17 @@ def _require(module: str, what: str, extra: str) -> None:
 
 
 def k8s_settings(cluster: Cluster, **overrides: Any) -> Any:
-    """The launchers' settings: the environment's (``CIFARFLOW_K8S_*``), then the pipeline's parameters."""
-    from cifarflow.k8s.settings import K8sSettings
+    """The launchers' settings: built-in defaults, then the deployment's ``CIFARFLOW_K8S_*`` (ConfigMap and
+    environment), then the pipeline's parameters where they are set."""
+    from cifarflow.k8s.settings import ENV_PREFIX, K8sSettings
 
-    base: dict[str, Any] = {
-        "namespace": cluster.namespace,
-        "storage": {
-            "s3_endpoint": cluster.s3_endpoint or None,
-            "credentials_secret": cluster.bucket_secret or None,
-        },
-        "watch": {"timeout_s": cluster.timeout_s},
-    }
-    return K8sSettings.from_env(None, **base, **overrides)
+    environ = {**os.environ, **{k: v for k, v in deployment().items() if k.startswith(ENV_PREFIX)}}
+    given: dict[str, Any] = {"watch": {"timeout_s": cluster.timeout_s}}
+    if cluster.namespace:
+        given["namespace"] = cluster.namespace
+    if cluster.s3_endpoint:
+        given["storage"] = {"s3_endpoint": cluster.s3_endpoint}
+    return K8sSettings.from_env(environ, **given, **overrides)
 
 
 def _preprocess_on_k8s(req: PreprocessRequest, out: str) -> None:
@@ -466,8 +488,8 @@ def _preprocess_on_k8s(req: PreprocessRequest, out: str) -> None:
     spark = req.spark
     settings = k8s_settings(
         req.cluster,
-        # An empty image means: the one skaffold deployed (read from the cluster's one-shot objects).
-        images_from_cluster=not spark.image,
+        # An empty image leaves the deployment's choice (in k8s/base: the tag skaffold deployed).
+        **({"images_from_cluster": False} if spark.image else {}),
         spark={
             **({"image": spark.image} if spark.image else {}),
             "executors": spark.executors,  # the initial count; dynamic allocation scales from there
@@ -500,15 +522,12 @@ def _train_on_k8s(req: TrainRequest, data: str, out: str) -> None:
     from cifarflow.k8s.launcher import launch_train
 
     job = req.tfjob
-    settings = k8s_settings(
-        req.cluster,
-        images_from_cluster=not job.image,
-        train={
-            **({"image": job.image} if job.image else {}),
-            "workers": job.workers,
-            "gpus": job.gpus_per_worker,
-        },
-    )
+    train: dict[str, Any] = {"workers": job.workers}
+    if job.image:
+        train["image"] = job.image
+    if job.gpus_per_worker >= 0:
+        train["gpus"] = job.gpus_per_worker
+    settings = k8s_settings(req.cluster, **({"images_from_cluster": False} if job.image else {}), train=train)
     result = launch_train(settings, req.cluster.run_id, data=data, out=out, extra_args=train_arguments(req))
     log.info("TFJob %s/%s %s in %.0f s", result.namespace, result.name, result.state, result.seconds)
 
