@@ -5,7 +5,8 @@ the package ``cifarflow_pipelines``, from the first of:
 
 1. ``$CIFARFLOW_PIPELINES_DIR`` (set by the pipeline image, or by anyone keeping the wiring elsewhere);
 2. the source checkout this package runs from (``<repo>/pipelines``: editable installs, CI);
-3. the copy inside an installed wheel (``cifarflow/pipeline/_pipelines``, added at build time).
+3. a copy inside an installed wheel (``cifarflow/pipeline/_pipelines``, when the wheel is built with one:
+   hatch's ``force-include``).
 
 Compiling is deterministic (same sources, same kfp => byte-identical YAML), which the drift test relies on.
 """
@@ -60,7 +61,7 @@ def default_output() -> Path:
     """Where ``pipeline compile`` writes by default: the committed file in a checkout, else the current
     folder."""
     folder = locate()
-    return folder / COMPILED if is_checkout(folder) or os.environ.get(ENV_DIR) else Path(COMPILED.name)
+    return folder / COMPILED if is_checkout(folder) else Path(COMPILED.name)
 
 
 def load() -> ModuleType:
