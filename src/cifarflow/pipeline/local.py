@@ -97,6 +97,7 @@ def run_local(
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
+        workspace_root=str(root / ".workspace"),  # else kfp.local leaves a fresh /tmp/kfp-workspace-* per run
         raise_on_error=True,
         enable_caching=cache,
         cache_root=str(root / ".kfp_cache"),
