@@ -10,8 +10,9 @@ WORKDIR ?= work
 SOURCE ?= cifar10
 RUN_ARGS ?=
 PYTEST_ARGS ?=
+MINIKUBE_ARGS ?=
 
-.PHONY: help venv checkov-venv check-java run demo test lint unit images-test clean
+.PHONY: help venv checkov-venv check-java run demo test lint unit images-test minikube-up minikube-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,6 +62,12 @@ unit: venv check-java checkov-venv ## pytest (real Spark, TensorFlow, S3/GCS ser
 # Needs root (dockerd, debootstrap); installs docker.io and debootstrap when missing. Caches in .cache/images/.
 images-test: venv ## Build the three images on a Debian stand-in base with a private dockerd, smoke-run them
 	scripts/images-test.sh
+
+minikube-up: venv ## minikube + KFP + operators, skaffold run -p minikube, submit the pipeline (docs/minikube.md)
+	scripts/minikube-up.sh $(MINIKUBE_ARGS)
+
+minikube-down: ## Delete the minikube cluster (MINIKUBE_ARGS=--keep-cluster or --stop to keep it)
+	scripts/minikube-down.sh $(MINIKUBE_ARGS)
 
 test: lint unit images-test ## The whole suite (what CI runs)
 

@@ -1,0 +1,159 @@
+"""The shell scripts: shellcheck-clean, and their --dry-run prints every command a real run would run.
+
+The minikube path cannot run here (no cluster, no minikube); its dry run is what CI can check: the steps,
+their order and the pinned versions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .helpers import REPO, tool
+
+SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "images").glob("*/*.sh"))
+
+
+def dry_run(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "scripts" / script), "--dry-run", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=os.environ | (env or {}),
+        timeout=60,
+    )
+
+
+def commands(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    assert proc.returncode == 0, proc.stderr
+    return [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def index(lines: list[str], fragment: str) -> int:
+    found = [i for i, line in enumerate(lines) if fragment in line]
+    assert found, f"no command contains {fragment!r}:\n" + "\n".join(lines)
+    return found[0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_shellcheck_clean(script: Path) -> None:
+    proc = subprocess.run(
+        [tool("shellcheck"), "--external-sources", str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_images_test_dry_run_shows_the_whole_stage(tmp_path: Path) -> None:
+    lines = commands(dry_run("images-test.sh", env={"CACHE_DIR": str(tmp_path)}))
+    steps = [
+        "pip wheel",
+        "debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm",
+        "dockerd --data-root",
+        "docker import",
+        "-f images/spark/Dockerfile",
+        "-f images/trainer/Dockerfile",
+        "-f images/pipeline/Dockerfile",
+        "pytest -m docker",
+        "kill -TERM",
+        "rm -rf /tmp/cifarflow-dockerd.",
+    ]
+    order = [index(lines, step) for step in steps]
+    assert order == sorted(order), "the stage's steps are out of order"
+    dockerd = lines[index(lines, "dockerd --data-root")]
+    for flag in ("--pidfile", "-H unix://", "--exec-root", "--bridge=none", "--iptables=false"):
+        assert flag in dockerd
+    for build in (line for line in lines if " build " in line):
+        assert "--build-arg BASE_IMAGE=cifarflow-standin:bookworm" in build
+        assert "--build-arg PIP_NO_INDEX=1" in build
+    assert "--build-arg TF_EXTRAS= " in lines[index(lines, "-f images/trainer/Dockerfile")]
+
+
+def test_images_test_uses_its_caches(tmp_path: Path) -> None:
+    """A second run reuses the stand-in tarball and the wheelhouse instead of rebuilding them."""
+    key = subprocess.run(
+        ["sha256sum"],
+        input=(REPO / "pyproject.toml").read_text() + (REPO / "requirements" / "constraints.txt").read_text(),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout[:12]
+    (tmp_path / "wheelhouse").mkdir()
+    (tmp_path / "wheelhouse" / ".stamp").write_text(key + "\n")
+    first = dry_run("images-test.sh", env={"CACHE_DIR": str(tmp_path)})
+    tarball = next(
+        line.split()[-1] for line in commands(first) if line.startswith("mv ") and line.endswith(".tar")
+    )
+    Path(tarball).write_bytes(b"cached")
+    again = dry_run("images-test.sh", env={"CACHE_DIR": str(tmp_path)})
+    lines = commands(again)
+    assert not [line for line in lines if "debootstrap" in line or "pip wheel" in line]
+    assert "stand-in base cached" in again.stderr and "wheelhouse cached" in again.stderr
+
+
+def test_images_test_rejects_an_unknown_image() -> None:
+    proc = dry_run("images-test.sh", "--images", "spark,gpu")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: no image named 'gpu' (fix: choose from spark, trainer, pipeline)"
+
+
+def test_dockerd_dry_run_starts_and_stops_by_pid() -> None:
+    start = commands(dry_run("dockerd.sh", "start", "/tmp/cf-dockerd"))
+    assert start[-1].startswith("dockerd --data-root /tmp/cf-dockerd/data --exec-root /tmp/cf-dockerd/exec")
+    assert "--pidfile /tmp/cf-dockerd/dockerd.pid -H unix:///tmp/cf-dockerd/docker.sock" in start[-1]
+    stop = commands(dry_run("dockerd.sh", "stop", "/tmp/cf-dockerd"))
+    assert stop[0] == 'kill -TERM "$(cat /tmp/cf-dockerd/dockerd.pid)"'
+    assert stop[-1] == "rm -rf /tmp/cf-dockerd"
+
+
+def test_minikube_up_dry_run_installs_pinned_versions_then_deploys_and_submits() -> None:
+    lines = commands(dry_run("minikube-up.sh", "--gpus", "none"))
+    steps = [
+        "minikube start --profile minikube --cpus 6 --memory 12g",
+        "pipelines/manifests/kustomize/cluster-scoped-resources?ref=2.14.3",
+        "training-operator.git/manifests/overlays/standalone?ref=v1.9.4",
+        "spark-operator/spark-operator --version 2.5.2",
+        "skaffold run --profile minikube --kube-context minikube",
+        "get job cifarflow-pipeline-submit",
+        "port-forward svc/ml-pipeline-ui 8080:80",
+        "pipeline submit --host http://localhost:8080",
+    ]
+    order = [index(lines, step.replace("?", "\\?")) for step in steps]
+    assert order == sorted(order)
+    assert "--gpus" not in lines[0]
+
+
+def test_minikube_up_passes_gpus_through_when_asked() -> None:
+    lines = commands(dry_run("minikube-up.sh", "--gpus", "all", "--cpus", "8", "--param", "epochs=1"))
+    assert lines[0].endswith("--driver docker --container-runtime docker --gpus all")
+    assert "--cpus 8" in lines[0]
+    assert "skaffold run --profile minikube,gpu" in lines[index(lines, "skaffold run")]
+    submit = lines[index(lines, "pipeline submit")]
+    assert "--param epochs=1" in submit and "--param gpus_per_worker=1" in submit
+
+
+def test_minikube_up_bad_option_is_one_clear_error() -> None:
+    proc = dry_run("minikube-up.sh", "--gpus", "maybe")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --gpus must be auto, all or none (got 'maybe') (fix: --gpus auto)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "minikube delete --profile minikube"),
+        (("--keep-cluster",), "skaffold delete --profile minikube --kube-context minikube"),
+        (("--stop",), "minikube stop --profile minikube"),
+    ],
+)
+def test_minikube_down_dry_run(args: tuple[str, ...], expected: str) -> None:
+    assert commands(dry_run("minikube-down.sh", *args)) == [expected]
