@@ -12,6 +12,7 @@ START_TIMEOUT=${DOCKERD_START_TIMEOUT:-60}
 # The data root lives on a sparse ext4 image mounted through a loop device when the host allows it: removing the
 # daemon's data is then one unmount and one file, not minutes of deleting the images' files one by one.
 DATA_IMAGE_SIZE=${DOCKERD_DATA_IMAGE_SIZE:-64G}
+DATA_ON_LOOP=${DOCKERD_DATA_ON_LOOP:-auto} # auto: when a loop device is free; 0: a plain folder
 
 # Debian's docker.io client (20.10) builds with BuildKit without the buildx plugin; a newer static client on PATH
 # (e.g. /usr/local/bin/docker) refuses DOCKER_BUILDKIT=1 without buildx, so prefer Debian's.
@@ -35,11 +36,11 @@ start() {
     die "dockerd needs root (running as uid $(id -u))" "run the image stage as root, as CI does, or use sudo"
   fi
   run mkdir -p "$root/data"
-  if [[ $DRY_RUN == 1 ]] || losetup --find >/dev/null 2>&1; then
+  if [[ $DATA_ON_LOOP != 0 ]] && { [[ $DRY_RUN == 1 ]] || losetup --find >/dev/null 2>&1; }; then
     run truncate -s "$DATA_IMAGE_SIZE" "$root/data.ext4"
     run mkfs.ext4 -q -F -m 0 "$root/data.ext4"
     run mount -o loop "$root/data.ext4" "$root/data"
-  else
+  elif [[ $DATA_ON_LOOP != 0 ]]; then
     log "no free loop device: the data root is a plain folder (slower to remove)"
   fi
   local cmd=(dockerd --data-root "$root/data" --exec-root "$root/exec" --pidfile "$root/dockerd.pid"

@@ -113,6 +113,29 @@ def test_dockerd_dry_run_starts_and_stops_by_pid() -> None:
     assert stop[-1] == "rm -rf /tmp/cf-dockerd"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dockerd.sh start needs root (CI runs as root)")
+def test_a_daemon_that_cannot_start_fails_with_one_clear_line(tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "dockerd"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'failed to start daemon: overlay2 is not supported here' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    root = tmp_path / "dockerd"
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "dockerd.sh"), "start", str(root)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PATH": f"{fake.parent}:{os.environ['PATH']}", "DOCKERD_DATA_ON_LOOP": "0"},
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: the Docker daemon exited at start: failed to start daemon: overlay2 is not supported here "
+        f"(fix: read {root}/dockerd.log; dockerd needs root, overlayfs and cgroups "
+        "(a VM or a privileged container))"
+    )
+
+
 def test_minikube_up_dry_run_installs_pinned_versions_then_deploys_and_submits() -> None:
     lines = commands(dry_run("minikube-up.sh", "--gpus", "none"))
     steps = [
