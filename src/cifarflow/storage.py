@@ -139,7 +139,10 @@ class Store:
             if not fs.exists(path):
                 return []
             protocol = normalize(url).split("://", 1)[0]
-            return sorted(f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}" for p in fs.ls(path, detail=False))
+            return sorted(
+                f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}"
+                for p in fs.ls(path, detail=False)
+            )
 
     @contextlib.contextmanager
     def open(self, url: str, mode: str = "rb", **kwargs: Any) -> Iterator[IO[Any]]:
@@ -249,7 +252,9 @@ def _classify(exc: BaseException, shown: str) -> StorageError | None:
             f"no credentials for {shown}",
             "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (S3) or GOOGLE_APPLICATION_CREDENTIALS (GCS)",
         )
-    if any(k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "401")):
+    if any(
+        k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "401")
+    ):
         return StorageError(
             f"credentials rejected for {shown}",
             "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the service account's access to the bucket",
@@ -265,7 +270,11 @@ def _classify(exc: BaseException, shown: str) -> StorageError | None:
         "Name or service not known",
         "ConnectionRefusedError",
     )
-    refused = isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+    refused = isinstance(exc, OSError) and exc.errno in (
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    )
     if refused or any(k in text for k in connect_markers):
         return StorageError(
             f"cannot reach the storage endpoint for {shown}",

@@ -24,10 +24,14 @@ class Backend(str, Enum):
 
 @app.command()
 def synth(
-    out_path: str = typer.Option(..., "--out", help="Tarball path/URL, or a folder to put the official file name in."),
+    out_path: str = typer.Option(
+        ..., "--out", help="Tarball path/URL, or a folder to put the official file name in."
+    ),
     train: int = typer.Option(50_000, "--train", min=1, help="Train images."),
     test: int = typer.Option(10_000, "--test", min=1, help="Test images."),
-    fmt: ArchiveFormat = typer.Option(ArchiveFormat.python, "--format", help="CIFAR's python pickles or binary."),
+    fmt: ArchiveFormat = typer.Option(
+        ArchiveFormat.python, "--format", help="CIFAR's python pickles or binary."
+    ),
     classes: int = typer.Option(10, "--classes", help="10 (CIFAR-10 layout) or 100 (CIFAR-100 layout)."),
     seed: int = typer.Option(0, "--seed"),
     s3_endpoint: S3Endpoint = None,
@@ -38,16 +42,26 @@ def synth(
     if classes not in (10, 100):
         raise typer.BadParameter("--classes must be 10 or 100")
     url = synth_mod.write_archive(
-        out_path, train=train, test=test, fmt=fmt.value, classes=classes, seed=seed, store=make_store(s3_endpoint)
+        out_path,
+        train=train,
+        test=test,
+        fmt=fmt.value,
+        classes=classes,
+        seed=seed,
+        store=make_store(s3_endpoint),
     )
     out(url)
 
 
 @app.command()
 def ingest(
-    source: str = typer.Option("cifar10", "--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path."),
+    source: str = typer.Option(
+        "cifar10", "--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path."
+    ),
     dest: str = typer.Option(..., "--dest", help="Bucket URL; raw shards land under DEST/raw/."),
-    md5: str | None = typer.Option(None, "--md5", help="Expected md5 of the archive (known for cifar10/cifar100)."),
+    md5: str | None = typer.Option(
+        None, "--md5", help="Expected md5 of the archive (known for cifar10/cifar100)."
+    ),
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Stream a CIFAR archive into the bucket as raw shards (idempotent, atomic, resumable)."""
@@ -62,24 +76,39 @@ def preprocess(
     raw: str = typer.Option(..., "--raw", help="The DEST/raw root that `cifarflow ingest` wrote."),
     out_url: str = typer.Option(..., "--out", help="Datasets root; the dataset lands in OUT/<dataset-id>/."),
     master: str | None = typer.Option(
-        None, "--master", help="Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*])."
+        None,
+        "--master",
+        help="Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*]).",
     ),
-    partitions: int | None = typer.Option(None, "--partitions", min=1, help="Read tasks (binary records split to this)."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.5, help="Share of train held out, per class."),
+    partitions: int | None = typer.Option(
+        None, "--partitions", min=1, help="Read tasks (binary records split to this)."
+    ),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", min=0.0, max=0.5, help="Share of train held out, per class."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
-    backend: Backend = typer.Option(Backend.local, "--backend", help="local: run Spark here; k8s: a SparkApplication."),
+    backend: Backend = typer.Option(
+        Backend.local, "--backend", help="local: run Spark here; k8s: a SparkApplication."
+    ),
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Validate, deduplicate, split and normalise the raw data with Spark into a versioned Parquet dataset."""
     if backend is Backend.k8s:
         from cifarflow.k8s import cli_support
 
-        cli_support.preprocess_on_k8s(raw=raw, out=out_url, partitions=partitions, val_fraction=val_fraction, seed=seed)
+        cli_support.preprocess_on_k8s(
+            raw=raw, out=out_url, partitions=partitions, val_fraction=val_fraction, seed=seed
+        )
         return
     from cifarflow.data import preprocess as pre
 
     result = pre.preprocess(
-        raw, out_url, master=master, partitions=partitions, val_fraction=val_fraction, seed=seed,
+        raw,
+        out_url,
+        master=master,
+        partitions=partitions,
+        val_fraction=val_fraction,
+        seed=seed,
         store=make_store(s3_endpoint),
     )
     out(f"dataset: {result.dataset_id}")

@@ -56,14 +56,50 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
-        Layout("cifar10-python", "cifar10", "python", "cifar-10-batches-py", "data_batch_*", "test_batch",
-               "batches.meta", 10),
-        Layout("cifar10-binary", "cifar10", "binary", "cifar-10-batches-bin", "data_batch_*.bin", "test_batch.bin",
-               "batches.meta.txt", 10),
-        Layout("cifar100-python", "cifar100", "python", "cifar-100-python", "train", "test", "meta", 100,
-               label_key=b"fine_labels", names_key=b"fine_label_names"),
-        Layout("cifar100-binary", "cifar100", "binary", "cifar-100-binary", "train.bin", "test.bin",
-               "fine_label_names.txt", 100, label_offset=1, label_bytes=2),
+        Layout(
+            "cifar10-python",
+            "cifar10",
+            "python",
+            "cifar-10-batches-py",
+            "data_batch_*",
+            "test_batch",
+            "batches.meta",
+            10,
+        ),
+        Layout(
+            "cifar10-binary",
+            "cifar10",
+            "binary",
+            "cifar-10-batches-bin",
+            "data_batch_*.bin",
+            "test_batch.bin",
+            "batches.meta.txt",
+            10,
+        ),
+        Layout(
+            "cifar100-python",
+            "cifar100",
+            "python",
+            "cifar-100-python",
+            "train",
+            "test",
+            "meta",
+            100,
+            label_key=b"fine_labels",
+            names_key=b"fine_label_names",
+        ),
+        Layout(
+            "cifar100-binary",
+            "cifar100",
+            "binary",
+            "cifar-100-binary",
+            "train.bin",
+            "test.bin",
+            "fine_label_names.txt",
+            100,
+            label_offset=1,
+            label_bytes=2,
+        ),
     )
 }
 
@@ -170,13 +206,17 @@ def decode_python(data: bytes, layout: Layout, member: str) -> Batch:
     """Decode one python-format batch file (``data_batch_1``, ``test``...)."""
     obj = restricted_loads(data, what=member)
     if not isinstance(obj, dict):
-        raise InputError(f"{member}: expected a dict of data and labels, got {type(obj).__name__}",
-                         "the archive is not a CIFAR archive")
+        raise InputError(
+            f"{member}: expected a dict of data and labels, got {type(obj).__name__}",
+            "the archive is not a CIFAR archive",
+        )
     raw = _key(obj, b"data")
     labels = _key(obj, layout.label_key)
     if raw is None or labels is None:
-        raise InputError(f"{member}: missing 'data' or '{layout.label_key.decode()}'",
-                         "the archive is not a CIFAR archive of this variant")
+        raise InputError(
+            f"{member}: missing 'data' or '{layout.label_key.decode()}'",
+            "the archive is not a CIFAR archive of this variant",
+        )
     arr = np.asarray(raw)
     if arr.dtype != np.uint8:
         raise InputError(f"{member}: images have dtype {arr.dtype}, expected uint8", "regenerate the archive")
@@ -199,7 +239,7 @@ def decode_binary(data: bytes | memoryview, layout: Layout, member: str, first_i
         )
     recs = np.frombuffer(data, dtype=np.uint8).reshape(-1, size)
     labels = recs[:, layout.label_offset].astype(np.int64)
-    return _checked(Batch(chw_to_hwc(recs[:, layout.label_bytes:]), labels, member, first_index), layout)
+    return _checked(Batch(chw_to_hwc(recs[:, layout.label_bytes :]), labels, member, first_index), layout)
 
 
 def _checked(batch: Batch, layout: Layout) -> Batch:
@@ -207,7 +247,9 @@ def _checked(batch: Batch, layout: Layout) -> Batch:
     if n == 0:
         raise InputError(f"{batch.member}: holds no images", "the archive is empty or truncated")
     if batch.images.shape[0] != n:
-        raise InputError(f"{batch.member}: {batch.images.shape[0]} images but {n} labels", "regenerate the archive")
+        raise InputError(
+            f"{batch.member}: {batch.images.shape[0]} images but {n} labels", "regenerate the archive"
+        )
     lo, hi = int(batch.labels.min()), int(batch.labels.max())
     if lo < 0 or hi >= layout.num_classes:
         bad = lo if lo < 0 else hi
@@ -231,6 +273,7 @@ def label_names(meta: bytes, layout: Layout) -> list[str]:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
     if len(names) != layout.num_classes:
         raise InputError(
-            f"{layout.meta}: {len(names)} class names, expected {layout.num_classes}", "regenerate the archive"
+            f"{layout.meta}: {len(names)} class names, expected {layout.num_classes}",
+            "regenerate the archive",
         )
     return names

@@ -90,7 +90,9 @@ class Manifest(_Model):
 
     def files(self, split: str) -> list[FileEntry]:
         if split not in self.splits:
-            raise InputError(f"dataset {self.dataset_id} has no {split!r} split", f"use one of {sorted(self.splits)}")
+            raise InputError(
+                f"dataset {self.dataset_id} has no {split!r} split", f"use one of {sorted(self.splits)}"
+            )
         return self.splits[split].files
 
     def to_json(self) -> str:
@@ -204,7 +206,9 @@ def verify(store: Store, manifest: Manifest, base: str) -> None:
             try:
                 size = store.size(url)
             except FileNotFoundError as exc:
-                raise InputError(f"{redact(url)} is listed in the manifest but missing", "re-run preprocess") from exc
+                raise InputError(
+                    f"{redact(url)} is listed in the manifest but missing", "re-run preprocess"
+                ) from exc
             if size != entry.bytes:
                 raise InputError(
                     f"{redact(url)} has {size} bytes, the manifest says {entry.bytes}",
