@@ -80,7 +80,7 @@ class StorageConfig:
                 "config_kwargs": {
                     "connect_timeout": self.connect_timeout,
                     "read_timeout": 120,
-                    "retries": {"max_attempts": 3, "mode": "standard"},
+                    "retries": {"max_attempts": 2, "mode": "standard"},
                 }
             }
             if self.s3_endpoint:

@@ -18,15 +18,21 @@ from cifarflow.cli.common import app, state
 from cifarflow.errors import CifarflowError
 
 
+def _print_version(value: bool) -> None:
+    # Eager: runs while the options are parsed, before click insists on a command.
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
 ) -> None:
     """CIFAR-10 from a bucket to an evaluated model: Spark preprocessing, TensorFlow training, Kubeflow."""
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     state.verbose = verbose
     cflog.setup(verbose)
 

@@ -8,6 +8,7 @@ from enum import Enum
 import typer
 
 from cifarflow.cli.common import S3Endpoint, app, make_store, out
+from cifarflow.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def synth(
     from cifarflow.data import synth as synth_mod
 
     if classes not in (10, 100):
-        raise typer.BadParameter("--classes must be 10 or 100")
+        raise InputError(f"--classes {classes} is not a CIFAR variant", "use --classes 10 or --classes 100")
     url = synth_mod.write_archive(
         out_path,
         train=train,
