@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -13,31 +14,36 @@ from cifarflow.errors import InputError
 log = logging.getLogger(__name__)
 
 
-class ArchiveFormat(str, Enum):
+class ArchiveFormat(StrEnum):
     python = "python"
     binary = "binary"
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     local = "local"
     k8s = "k8s"
 
 
+SynthOut = Annotated[
+    str, typer.Option("--out", help="Tarball path/URL, or a folder to put the official file name in.")
+]
+MASTER_HELP = "Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*])."
+
+
 @app.command()
 def synth(
-    out_path: str = typer.Option(
-        ..., "--out", help="Tarball path/URL, or a folder to put the official file name in."
-    ),
-    train: int = typer.Option(50_000, "--train", min=1, help="Train images."),
-    test: int = typer.Option(10_000, "--test", min=1, help="Test images."),
-    fmt: ArchiveFormat = typer.Option(
-        ArchiveFormat.python, "--format", help="CIFAR's python pickles or binary."
-    ),
-    classes: int = typer.Option(10, "--classes", help="10 (CIFAR-10 layout) or 100 (CIFAR-100 layout)."),
-    seed: int = typer.Option(0, "--seed"),
+    *,
+    out_path: SynthOut,
+    train: Annotated[int, typer.Option("--train", min=1, help="Train images.")] = 50_000,
+    test: Annotated[int, typer.Option("--test", min=1, help="Test images.")] = 10_000,
+    fmt: Annotated[
+        ArchiveFormat, typer.Option("--format", help="CIFAR's python pickles or binary records.")
+    ] = ArchiveFormat.python,
+    classes: Annotated[int, typer.Option("--classes", help="10 (CIFAR-10 layout) or 100 (CIFAR-100).")] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Write a learnable synthetic dataset in CIFAR's exact on-disk layout (for tests, benchmarks, scale studies)."""
+    """Write a learnable synthetic dataset in CIFAR's exact on-disk layout (tests, benchmarks, scale)."""
     from cifarflow.data import synth as synth_mod
 
     if classes not in (10, 100):
@@ -56,13 +62,14 @@ def synth(
 
 @app.command()
 def ingest(
-    source: str = typer.Option(
-        "cifar10", "--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path."
-    ),
-    dest: str = typer.Option(..., "--dest", help="Bucket URL; raw shards land under DEST/raw/."),
-    md5: str | None = typer.Option(
-        None, "--md5", help="Expected md5 of the archive (known for cifar10/cifar100)."
-    ),
+    *,
+    dest: Annotated[str, typer.Option("--dest", help="Bucket URL; raw shards land under DEST/raw/.")],
+    source: Annotated[
+        str, typer.Option("--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path.")
+    ] = "cifar10",
+    md5: Annotated[
+        str | None, typer.Option("--md5", help="Expected md5 of the archive (known for cifar10/cifar100).")
+    ] = None,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Stream a CIFAR archive into the bucket as raw shards (idempotent, atomic, resumable)."""
@@ -74,23 +81,22 @@ def ingest(
 
 @app.command()
 def preprocess(
-    raw: str = typer.Option(..., "--raw", help="The DEST/raw root that `cifarflow ingest` wrote."),
-    out_url: str = typer.Option(..., "--out", help="Datasets root; the dataset lands in OUT/<dataset-id>/."),
-    master: str | None = typer.Option(
-        None,
-        "--master",
-        help="Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*]).",
-    ),
-    partitions: int | None = typer.Option(
-        None, "--partitions", min=1, help="Read tasks (binary records split to this)."
-    ),
-    val_fraction: float = typer.Option(
-        0.1, "--val-fraction", min=0.0, max=0.5, help="Share of train held out, per class."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
-    backend: Backend = typer.Option(
-        Backend.local, "--backend", help="local: run Spark here; k8s: a SparkApplication."
-    ),
+    *,
+    raw: Annotated[str, typer.Option("--raw", help="The DEST/raw root that `cifarflow ingest` wrote.")],
+    out_url: Annotated[
+        str, typer.Option("--out", help="Datasets root; the dataset lands in OUT/<dataset-id>/.")
+    ],
+    master: Annotated[str | None, typer.Option("--master", help=MASTER_HELP)] = None,
+    partitions: Annotated[
+        int | None, typer.Option("--partitions", min=1, help="Read tasks (binary records split to this).")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", min=0.0, max=0.5, help="Share of train held out, per class.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.")] = 0,
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="local: run Spark here; k8s: a SparkApplication.")
+    ] = Backend.local,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Validate, deduplicate, split and normalise the raw data with Spark into a versioned Parquet dataset."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,7 +27,7 @@ from cifarflow import __version__
 from cifarflow.errors import InputError
 from cifarflow.storage import Store, join, redact
 
-FORMAT = "cifarflow.dataset/v1"
+FORMAT: Final = "cifarflow.dataset/v1"
 MANIFEST = "_manifest.json"
 STATS = "stats.json"
 SPLITS = ("train", "val", "test")
