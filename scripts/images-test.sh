@@ -24,7 +24,6 @@ BUILD_ONLY=0
 
 DOCKERD_ROOT=""
 WHEEL_SERVER_PID=""
-declare -A BUILD_SECONDS=()
 TIMINGS=()
 
 # Record how long the step that just ended took, for the summary the stage prints at the end.
@@ -97,9 +96,8 @@ build_image() {
     tail -n 60 "$log_file" >&2
     die "building cifarflow-$name failed" "read $log_file (the last lines are above)"
   fi
-  BUILD_SECONDS[$name]=$(($(now) - start))
+  [[ $DRY_RUN == 1 ]] || log "cifarflow-$name:$IMAGE_TAG built in $(($(now) - start))s"
   mark "build cifarflow-$name"
-  [[ $DRY_RUN == 1 ]] || log "cifarflow-$name:$IMAGE_TAG built in ${BUILD_SECONDS[$name]}s"
 }
 
 cleanup() {
@@ -170,7 +168,7 @@ main() {
   done
   if [[ $DRY_RUN != 1 ]]; then
     for name in "${IMAGES[@]}"; do
-      printf '%-22s built in %4ss, %s\n' "cifarflow-$name" "${BUILD_SECONDS[$name]}" \
+      printf '%-22s %s\n' "cifarflow-$name" \
         "$("$DOCKER" image inspect -f '{{.Size}}' "cifarflow-$name:$IMAGE_TAG" | awk '{printf "%.2f GB", $1/1e9}')"
     done
   fi
