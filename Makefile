@@ -52,8 +52,8 @@ demo: venv check-java ## The same pipeline on a generated CIFAR-format archive (
 	$(BIN)/cifarflow run --source $(WORKDIR)/synth/cifar-10-python.tar.gz --workdir $(WORKDIR) --epochs 3 $(RUN_ARGS)
 
 lint: venv ## ruff + mypy
-	$(BIN)/ruff check src tests benchmarks $(wildcard pipelines)
-	$(BIN)/ruff format --check src tests benchmarks $(wildcard pipelines)
+	$(BIN)/ruff check src tests benchmarks pipelines images
+	$(BIN)/ruff format --check src tests benchmarks pipelines images
 	$(BIN)/mypy
 
 unit: venv check-java checkov-venv ## pytest (real Spark, TensorFlow, S3/GCS servers, fake Kubernetes API)
