@@ -108,5 +108,5 @@ def test_labels_outside_the_classes_are_refused() -> None:
 
 def test_a_batch_larger_than_the_shard_is_refused(tiny_dataset: str) -> None:
     src = source.open_source(Store(), tiny_dataset)
-    with pytest.raises(InputError, match="fewer than one batch of 600"):
+    with pytest.raises(InputError, match="has 512 images, less than a batch of 600"):
         next(source.batches(src, "train", 600, training=True))

@@ -11,9 +11,10 @@ core at 200k images/s.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,7 +193,7 @@ def batches(
     rows = sum(e.rows for e in entries) // (1 if by_file else count)
     if rows < batch_size:
         raise InputError(
-            f"this worker's share of the {split} split has {rows} images, fewer than one batch of {batch_size}",
+            f"this worker's share of the {split} split has {rows} images, less than a batch of {batch_size}",
             "lower --batch-size or use fewer workers",
         )
     yield from _shuffled(images, batch_size, min(max(shuffle_buffer, batch_size), rows), rng)
@@ -219,27 +220,41 @@ def _images_stream(
                 return
 
     files = order()
-    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cifarflow-read") as pool:
-        ahead: deque[tuple[mf.FileEntry, Future[bytes]]] = deque()
+    ahead: deque[tuple[mf.FileEntry, Future[bytes]]] = deque()
 
-        def next_file() -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
-            while len(ahead) <= readers and (entry := next(files, None)) is not None:
-                ahead.append((entry, pool.submit(mf.read_checked, source.store, source.base, entry)))
-            if not ahead:
-                return None
-            entry, data = ahead.popleft()
-            return _decode_shard(source, data.result(), entry_url(source, entry))
+    def next_file() -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
+        while len(ahead) <= readers and (entry := next(files, None)) is not None:
+            ahead.append((entry, _read_ahead(source, entry)))
+        if not ahead:
+            return None
+        entry, data = ahead.popleft()
+        return _decode_shard(source, data.result(), entry_url(source, entry))
 
-        open_files = [f for f in (next_file() for _ in range(cycle if rng is not None else 1)) if f is not None]
-        while open_files:
-            for shard in list(open_files):
-                chunk = next(shard, None)
-                if chunk is not None:
-                    yield chunk
-                    continue
-                open_files.remove(shard)
-                if (replacement := next_file()) is not None:
-                    open_files.append(replacement)
+    open_files = [f for f in (next_file() for _ in range(cycle if rng is not None else 1)) if f is not None]
+    while open_files:
+        for shard in list(open_files):
+            chunk = next(shard, None)
+            if chunk is not None:
+                yield chunk
+                continue
+            open_files.remove(shard)
+            if (replacement := next_file()) is not None:
+                open_files.append(replacement)
+
+
+def _read_ahead(source: DataSource, entry: mf.FileEntry) -> Future[bytes]:
+    """Read and checksum a file in a daemon thread (the work releases the GIL). Daemon, not a thread pool: the
+    stream is endless and abandoned mid-read when training ends, and a pool's threads would hold up exit."""
+    future: Future[bytes] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(mf.read_checked(source.store, source.base, entry))
+        except BaseException as exc:  # handed to the reader, which raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="cifarflow-read", daemon=True).start()
+    return future
 
 
 def entry_url(source: DataSource, entry: mf.FileEntry) -> str:

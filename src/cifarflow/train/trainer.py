@@ -13,6 +13,7 @@ update, then one packed all-reduce that averages the batch-norm statistics and s
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -168,6 +169,7 @@ class Trainer:
         self._stop_signal = ""
         self._tmp = tempfile.mkdtemp(prefix="cifarflow-train-")
         self._writer: Any = None
+        self._iterator: Any = None
 
     def close(self) -> None:
         self.checkpoints.close()
@@ -267,29 +269,15 @@ class Trainer:
                 shuffle_buffer=self.cfg.shuffle_buffer,
             )
 
-        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-        if self.hooks:
-            self.hooks.on_start(epochs=self.cfg.epochs, steps_per_epoch=self.steps_per_epoch, step=start)
-        step, train_seconds = start, 0.0
-        with self._signals(), self._translate_errors():
-            while step < self.total_steps:
-                epoch = step // self.steps_per_epoch
-                end = (epoch + 1) * self.steps_per_epoch
-                t0 = time.perf_counter()
-                sums, step, stopping = self._run_steps(iterator, step, end)
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                if stopping:
-                    self.checkpoints.save(step, step / self.steps_per_epoch)
-                    raise Interrupted(
-                        f"training stopped by {self._stop_signal} at step {step} of {self.total_steps}; "
-                        f"checkpoint saved to {redact(join(self.cfg.out, CHECKPOINTS))}",
-                        "rerun the same command to resume from it",
-                    )
-                logs = self._end_epoch(epoch, sums, seconds)
-                history = [h for h in history if h["epoch"] != epoch + 1] + [logs]
-                self.checkpoints.save(step, step / self.steps_per_epoch)
-                self._write_history(history, start)
+        # The iterator lives on the trainer, not in a frame: an exception's traceback keeps frames (and so their
+        # locals) alive until exit, and a tf.data iterator over a Python generator that is still alive when the
+        # interpreter shuts down can hang it (its thread waits for the GIL forever). `finally` drops it.
+        self._iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        try:
+            step, train_seconds, history = self._epochs(start, history)
+        finally:
+            self._iterator = None
+            gc.collect()
         weights = [w for w in self.model.get_weights()]
         from cifarflow.train.export import weights_fingerprint
 
@@ -310,7 +298,35 @@ class Trainer:
             result.saved_model_url = self._export(weights)
         return result
 
-    def _run_steps(self, iterator: Any, step: int, end: int) -> tuple[list[float], int, bool]:
+    def _epochs(
+        self, start: int, history: list[dict[str, float]]
+    ) -> tuple[int, float, list[dict[str, float]]]:
+        """Train from step ``start`` to the end; returns the step reached, seconds spent in steps, the history."""
+        if self.hooks:
+            self.hooks.on_start(epochs=self.cfg.epochs, steps_per_epoch=self.steps_per_epoch, step=start)
+        step, train_seconds = start, 0.0
+        with self._signals(), self._translate_errors():
+            while step < self.total_steps:
+                epoch = step // self.steps_per_epoch
+                end = (epoch + 1) * self.steps_per_epoch
+                t0 = time.perf_counter()
+                sums, step, stopping = self._run_steps(step, end)
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                if stopping:
+                    self.checkpoints.save(step, step / self.steps_per_epoch)
+                    raise Interrupted(
+                        f"training stopped by {self._stop_signal} at step {step} of {self.total_steps}; "
+                        f"checkpoint saved to {redact(join(self.cfg.out, CHECKPOINTS))}",
+                        "rerun the same command to resume from it",
+                    )
+                logs = self._end_epoch(epoch, sums, seconds)
+                history = [h for h in history if h["epoch"] != epoch + 1] + [logs]
+                self.checkpoints.save(step, step / self.steps_per_epoch)
+                self._write_history(history, start)
+        return step, train_seconds, history
+
+    def _run_steps(self, step: int, end: int) -> tuple[list[float], int, bool]:
         """Steps ``step..end``; returns the epoch's metric sums, the step reached and whether to stop.
 
         A step's metrics are read after the NEXT step is dispatched, so the host never waits for the device to
@@ -322,7 +338,7 @@ class Trainer:
         pending: Any = None
         stopping = False
         while step < end and not stopping:
-            out = self._train_step(iterator, tf.constant(1.0 if self._stop.is_set() else 0.0))
+            out = self._train_step(self._iterator, tf.constant(1.0 if self._stop.is_set() else 0.0))
             step += 1
             if pending is not None:
                 stopping = self._consume(pending, sums)
