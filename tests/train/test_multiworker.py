@@ -64,8 +64,9 @@ def test_a_killed_worker_fails_the_job_and_the_restarted_job_resumes(
     wait_for(lambda: latest_step(out) >= STEPS_PER_EPOCH, 300, "a checkpoint after epoch 1", [chief, worker])
     worker.kill(signal.SIGKILL)
     # The survivor's next all-reduce fails (or MultiWorkerMirroredStrategy's peer check fires): it must exit
-    # on its own, with one line saying what happened and that a restart resumes, so the TFJob restarts it.
-    assert chief.wait(timeout=120) == 2
+    # on its own, with one line saying what happened, and with exit code 138: the one the training operator's
+    # restartPolicy ExitCode reserves for user-defined retryable errors, so the TFJob restarts it.
+    assert chief.wait(timeout=120) == 138
     line = chief.last_line()
     assert line.startswith("error: a worker of the job is gone, collectives were aborted"), line
     assert f"training resumes from {out}/checkpoints" in line

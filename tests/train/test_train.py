@@ -127,3 +127,34 @@ def test_ctrl_c_saves_a_checkpoint_and_a_rerun_resumes(tiny_dataset: str, tmp_pa
     assert f"resuming at step {stopped} of 96" in second.err()
     assert latest_step(out) == 96
     assert json.loads((out / "training.json").read_text())["job"]["resumed_from_step"] == stopped
+
+
+def test_sigterm_from_kubernetes_stops_cleanly_with_a_retryable_exit_code(
+    tiny_dataset: str, tmp_path: Path
+) -> None:
+    """A pod being stopped gets SIGTERM: same clean stop, exit 143 (a TFJob's ExitCode policy retries it)."""
+    import os
+
+    from cifarflow.train.config import TrainConfig
+    from cifarflow.train.trainer import Interrupted, train
+
+    class SendSigterm:
+        def on_start(self, **_: object) -> None: ...
+
+        def on_step(self, step: int) -> None:
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_epoch(self, epoch: int, logs: dict[str, float]) -> None: ...
+
+    out = tmp_path / "model"
+    cfg = TrainConfig(
+        data=tiny_dataset, out=str(out), epochs=2, batch_size=32, depth=8, width=4, evaluate=False
+    )
+    with pytest.raises(Interrupted) as caught:
+        train(cfg, hooks=SendSigterm())
+    # The flag rides on the next step's all-reduce (6) and is read once step 7 is dispatched: every worker
+    # stops after the same step, at most two steps after the signal.
+    assert caught.value.exit_code == 143 and "stopped by SIGTERM at step 7" in str(caught.value)
+    assert latest_step(out) == 7
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again

@@ -40,10 +40,23 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
 
-class Interrupted(JobError):
-    """A clean stop on SIGINT/SIGTERM: a checkpoint was saved, rerunning resumes."""
+# Exit codes a TFJob with restartPolicy ExitCode retries (the training operator's IsRetryableExitCode): 130,
+# 137, 143 (SIGINT, SIGKILL, SIGTERM) and 138, "user-defined retryable". 1 and 2 are permanent failures.
+RETRYABLE = 138
 
-    exit_code = 130
+
+class Interrupted(JobError):
+    """A clean stop on SIGINT/SIGTERM: a checkpoint was saved, rerunning resumes. Exits 128 + the signal."""
+
+    def __init__(self, problem: str, fix: str, *, signum: int) -> None:
+        super().__init__(problem, fix)
+        self.exit_code = 128 + signum
+
+
+class PeerLost(JobError):
+    """Another replica of the job died: this one cannot go on, but a restarted job resumes (retryable)."""
+
+    exit_code = RETRYABLE
 
 
 class Hooks(Protocol):
@@ -167,6 +180,7 @@ class Trainer:
         self._eval_step = tf.function(self._evaluate_batch, reduce_retracing=True)
         self._stop = threading.Event()
         self._stop_signal = ""
+        self._stop_signum = int(signal.SIGINT)
         self._tmp = tempfile.mkdtemp(prefix="cifarflow-train-")
         self._writer: Any = None
         self._iterator: Any = None
@@ -319,6 +333,7 @@ class Trainer:
                         f"training stopped by {self._stop_signal} at step {step} of {self.total_steps}; "
                         f"checkpoint saved to {redact(join(self.cfg.out, CHECKPOINTS))}",
                         "rerun the same command to resume from it",
+                        signum=self._stop_signum,
                     )
                 logs = self._end_epoch(epoch, sums, seconds)
                 history = [h for h in history if h["epoch"] != epoch + 1] + [logs]
@@ -428,7 +443,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM (Ctrl-C, Kubernetes stopping the pod) ask for a clean stop at the next step."""
+        """SIGINT/SIGTERM (Ctrl-C, Kubernetes stopping the pod) ask every worker for a clean stop."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -437,8 +452,9 @@ class Trainer:
             if self._stop.is_set() and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
             self._stop_signal = signal.Signals(signum).name
+            self._stop_signum = signum
             self._stop.set()
-            log.warning("%s received: stopping after this step and saving a checkpoint", self._stop_signal)
+            log.warning("%s received: stopping within two steps and saving a checkpoint", self._stop_signal)
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -461,7 +477,7 @@ class Trainer:
             if self.role.multi_worker and isinstance(
                 exc, tf.errors.UnavailableError | tf.errors.CancelledError
             ):
-                raise JobError(
+                raise PeerLost(
                     f"a worker of the job is gone, collectives were aborted ({_cause(exc.message)})",
                     "restart the job (a TFJob restarts failed replicas); training resumes from "
                     f"{redact(join(self.cfg.out, CHECKPOINTS))}",
