@@ -32,6 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- process-tree memory sampling -------------------------------------------------------------------------
@@ -76,6 +77,16 @@ def _pss(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _role(pid: int, root: int) -> str:
     if pid == root:
         return "driver"
@@ -99,6 +110,19 @@ class Peaks:
     total_rss: int = 0
     total_pss: int = 0
     samples: int = 0
+    cpu: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at its last sample
+    roles: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, seconds in self.cpu.items():
+            role = self.roles.get(pid, "other")
+            out[role] = round(out.get(role, 0.0) + seconds, 1)
+        return out
 
 
 class Sampler(threading.Thread):
@@ -112,12 +136,16 @@ class Sampler(threading.Thread):
         while not self.stop.is_set():
             by_role: dict[str, int] = {}
             total_rss = total_pss = 0
+            # PSS walks every page table entry: on a 10 GB process that is costly, so only every 10th sample.
+            with_pss = self.peaks.samples % 10 == 0
             for pid in tree(self.root):
                 rss = _rss(pid)
                 role = _role(pid, self.root)
+                self.peaks.cpu[pid] = max(self.peaks.cpu.get(pid, 0.0), _cpu_seconds(pid))
+                self.peaks.roles[pid] = role
                 by_role[role] = by_role.get(role, 0) + rss
                 total_rss += rss
-                total_pss += _pss(pid)
+                total_pss += _pss(pid) if with_pss else 0
             for role, value in by_role.items():
                 self.peaks.rss[role] = max(self.peaks.rss.get(role, 0), value)
             self.peaks.total_rss = max(self.peaks.total_rss, total_rss)
@@ -237,6 +265,9 @@ def run(args: argparse.Namespace) -> None:
                     "images": images,
                     "seconds": round(seconds, 2),
                     "images_per_s": round(images / seconds, 1),
+                    # CPU time of the whole tree: less sensitive than wall time to other work on the machine.
+                    "cpu_s": round(peaks.cpu_seconds, 1),
+                    "cpu_s_by_role": peaks.cpu_by_role(),
                     **phases(log),
                     "raw_bytes": raw_bytes,
                     "parquet_bytes": parquet,

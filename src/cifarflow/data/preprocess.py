@@ -135,11 +135,8 @@ def plan_splits(members: list[RawMember], layout: Layout, partitions: int | None
         records = m.bytes // size
         if records == 0:
             raise InputError(f"{m.name}: holds no images", "the archive is empty or truncated")
-        if partitions:
-            pieces = max(1, round(partitions * m.bytes / total))
-        else:
-            pieces = max(1, math.ceil(m.bytes / SPLIT_BYTES))
-        pieces = min(pieces, records)
+        wanted = round(partitions * m.bytes / total) if partitions else math.ceil(m.bytes / SPLIT_BYTES)
+        pieces = min(max(1, wanted), records)
         bounds = [records * i // pieces for i in range(pieces + 1)]
         checksum = m.sha256 if pieces == 1 else None
         for a, b in itertools.pairwise(bounds):
