@@ -18,22 +18,13 @@ Appends one JSON object to ``benchmarks/results/input_bench.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "input_bench.json"
-
-
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+from bench_common import append, build_dataset, cpu_seconds
 
 
 def measure(name: str, next_batch: Callable[[], int], seconds: float) -> dict[str, Any]:
@@ -55,18 +46,6 @@ def measure(name: str, next_batch: Callable[[], int], seconds: float) -> dict[st
     print(f"{name:9s} {row['images_per_s']:>10,.0f} images/s  {row['images_per_cpu_s']:>10,.0f} per core  "
           f"({row['cores_used']:.2f} cores)", flush=True)  # fmt: skip
     return row
-
-
-def build(path: str, images: int) -> str:
-    from cifarflow.storage import Store
-    from cifarflow.train import arrays
-
-    if not os.path.exists(os.path.join(path, "_manifest.json")):
-        started = time.perf_counter()
-        splits = {"train": arrays.synthetic(images, seed=0), "test": arrays.synthetic(1000, seed=1)}
-        arrays.write(Store(), path, splits, class_names=[f"c{i}" for i in range(10)], files_per_split=10)
-        print(f"wrote {images} images in 10 shards to {path} ({time.perf_counter() - started:.0f} s)")
-    return path
 
 
 def cycle(make: Callable[[], Iterator[Any]]) -> Callable[[], Any]:
@@ -96,7 +75,7 @@ def main() -> None:
     from cifarflow.train import source
 
     with tempfile.TemporaryDirectory(prefix="cifarflow-input-bench-") as tmp:
-        data = args.data or build(os.path.join(tmp, "ds"), args.images)
+        data = args.data or build_dataset(os.path.join(tmp, "ds"), args.images, files=10)
         src = source.open_source(Store(), data)
         b = args.batch
         rows: list[dict[str, Any]] = []
@@ -117,17 +96,7 @@ def main() -> None:
         rows.append(measure("augment", lambda: int(augment(batch, seed).shape[0]), args.seconds))
         rows.append(measure("textbook", textbook(src, b), args.seconds))
 
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
-        "dataset_images": src.rows("train"),
-        "batch": args.batch,
-        "results": rows,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    print(f"appended to {RESULTS.relative_to(REPO)}")
+    append("input_bench", {"dataset_images": src.rows("train"), "batch": args.batch, "results": rows})
 
 
 def textbook(src: Any, batch: int) -> Callable[[], int]:

@@ -20,23 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "train_bench.json"
+from bench_common import append, build_dataset, cpu_seconds
+
 KINDS = ("loop", "loop-noaug", "keras-fit")
-
-
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def child(kind: str, data: str, batch: int, model_name: str) -> dict[str, Any]:
@@ -124,16 +117,6 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def build(path: str, images: int) -> str:
-    from cifarflow.storage import Store
-    from cifarflow.train import arrays
-
-    if not os.path.exists(os.path.join(path, "_manifest.json")):
-        splits = {"train": arrays.synthetic(images, seed=0), "test": arrays.synthetic(1000, seed=1)}
-        arrays.write(Store(), path, splits, class_names=[f"c{i}" for i in range(10)], files_per_split=8)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -149,7 +132,7 @@ def main() -> None:
         return
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
     with tempfile.TemporaryDirectory(prefix="cifarflow-train-bench-") as tmp:
-        data = build(os.path.join(tmp, "ds"), args.images)
+        data = build_dataset(os.path.join(tmp, "ds"), args.images, files=8)
         # Interleaved repeats: on a shared machine, load drifts; each kind sees the same drift.
         for _ in range(args.repeats):
             for kind in args.kinds:
@@ -168,18 +151,10 @@ def main() -> None:
         print(
             f"median {row['kind']:11s} {row['images_per_s']:8.0f} images/s  {row['images_per_cpu_s']:8.0f} per core"
         )
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
-        "model": args.model,
-        "batch": args.batch,
-        "train_images": args.images,
-        "results": rows,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    print(f"appended to {RESULTS.relative_to(REPO)}")
+    append(
+        "train_bench",
+        {"model": args.model, "batch": args.batch, "train_images": args.images, "results": rows},
+    )
 
 
 if __name__ == "__main__":

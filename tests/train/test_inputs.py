@@ -77,3 +77,11 @@ def test_a_corrupt_shard_surfaces_as_its_one_line_error(tiny_dataset: str, tmp_p
     error = unmark(caught.value.message)
     assert isinstance(error, InputError)
     assert "does not match its manifest checksum" in error.problem
+
+
+def test_a_share_smaller_than_eight_batches_still_trains(tiny_dataset: str) -> None:
+    """Batches are handed over 8 at a time, but never more than a worker's share holds (512 images here)."""
+    src = source.open_source(Store(), tiny_dataset)
+    ds = inputs.make_dataset(src, "train", batch_size=200, training=True)
+    batches = [int(y.shape[0]) for _, y in ds.take(5)]
+    assert batches == [200] * 5

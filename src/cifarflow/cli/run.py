@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cifarflow.cli.common import S3Endpoint, app, make_store, out
-from cifarflow.cli.train import DEFAULTS, BatchSize, Epochs, Model, ModelChoice, run_training
+from cifarflow.cli.train import DEFAULTS, BatchSize, Epochs, Model, ModelChoice, print_scores, run_training
 from cifarflow.storage import join, normalize
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,4 @@ def run(
     )
     run_training(cfg)
     out(f"model: {model_url}")
-    scored = evaluate(dataset.dataset_url, model_url, model_url, store=store)
-    out(f"test_accuracy: {scored.accuracy:.4f}")
-    out(f"report: {scored.report_url}")
+    print_scores(evaluate(dataset.dataset_url, model_url, model_url, store=store))

@@ -72,6 +72,14 @@ class ProgressHooks:
             self.bar.reset(self.steps, description=f"epoch {epoch + 1}")
 
 
+def print_scores(scored: Any, *, metrics: bool = False) -> None:
+    """The facts scripts read from an evaluation (``key: value`` lines on stdout)."""
+    out(f"test_accuracy: {scored.accuracy:.4f}")
+    if metrics:
+        out(f"metrics: {scored.metrics_url}")
+    out(f"report: {scored.report_url}")
+
+
 def quiet_tensorflow() -> None:
     """TensorFlow's C++ INFO/WARNING lines drown the job's log; TF_CPP_MIN_LOG_LEVEL=0 brings them back."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -162,9 +170,7 @@ def train(
     if cfg.evaluate:
         from cifarflow.train.evaluate import evaluate as evaluate_model
 
-        scored = evaluate_model(data, out_url, out_url, store=make_store(s3_endpoint))
-        out(f"test_accuracy: {scored.accuracy:.4f}")
-        out(f"report: {scored.report_url}")
+        print_scores(evaluate_model(data, out_url, out_url, store=make_store(s3_endpoint)))
 
 
 @app.command()
@@ -181,7 +187,4 @@ def evaluate(
     quiet_tensorflow()
     from cifarflow.train.evaluate import evaluate as evaluate_model
 
-    scored = evaluate_model(data, model, out_url or model, store=make_store(s3_endpoint))
-    out(f"test_accuracy: {scored.accuracy:.4f}")
-    out(f"metrics: {scored.metrics_url}")
-    out(f"report: {scored.report_url}")
+    print_scores(evaluate_model(data, model, out_url or model, store=make_store(s3_endpoint)), metrics=True)

@@ -72,15 +72,16 @@ def make_dataset(
     in order, the last batch may be short.
     """
     pipelines, pipeline_id = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
-    if training and len(source.files(split)) < pipelines:
+    files = source.files(split)
+    by_file = len(files) >= pipelines
+    if training and not by_file:
         log.warning(
             "%s has %d files for %d workers: every worker reads all of them and keeps every %d-th image",
-            split,
-            len(source.files(split)),
-            pipelines,
-            pipelines,
-        )
-    per_call = BATCHES_PER_CALL if training else 1
+            split, len(files), pipelines, pipelines,
+        )  # fmt: skip
+    # Several batches per call, but never more than this worker's share of the split holds.
+    share = sum(f.rows for f in files[pipeline_id::pipelines]) if by_file else source.rows(split) // pipelines
+    per_call = max(1, min(BATCHES_PER_CALL, share // batch_size)) if training else 1
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         stream = batches(

@@ -11,26 +11,8 @@ from keras import ops
 from cifarflow.train.config import TrainConfig
 
 
-class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ~0 to ``peak`` over the first ``warmup`` share of steps, then linear decay to 0."""
-
-    def __init__(self, peak: float, total_steps: int, warmup: float) -> None:
-        self.peak = peak
-        self.total = max(int(total_steps), 1)
-        self.warm = max(round(self.total * warmup), 1)
-
-    def __call__(self, step: Any) -> Any:
-        step = ops.cast(step, "float32")
-        up = (step + 1.0) / self.warm
-        down = (self.total - step) / max(self.total - self.warm, 1)
-        return self.peak * ops.clip(ops.minimum(up, down), 0.0, 1.0)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"peak": self.peak, "total_steps": self.total, "warmup": self.warm / self.total}
-
-
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak``, then half a cosine down to 0 at ``total_steps``."""
+class _WarmUp(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over the first ``warmup`` share of ``total_steps``, then :meth:`anneal`."""
 
     def __init__(self, peak: float, total_steps: int, warmup: float) -> None:
         self.peak = peak
@@ -41,11 +23,28 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         step = ops.cast(step, "float32")
         up = (step + 1.0) / self.warm
         progress = ops.clip((step - self.warm) / max(self.total - self.warm, 1), 0.0, 1.0)
-        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
-        return self.peak * ops.where(step < self.warm, up, cosine)
+        return self.peak * ops.where(step < self.warm, up, self.anneal(progress))
+
+    def anneal(self, progress: Any) -> Any:
+        """The share of ``peak`` after warm-up, for ``progress`` going 0 -> 1."""
+        raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         return {"peak": self.peak, "total_steps": self.total, "warmup": self.warm / self.total}
+
+
+class OneCycle(_WarmUp):
+    """Linear warm-up, then linear decay to 0 (the one-cycle policy as fast CIFAR recipes use it)."""
+
+    def anneal(self, progress: Any) -> Any:
+        return 1.0 - progress
+
+
+class WarmupCosine(_WarmUp):
+    """Linear warm-up, then half a cosine down to 0."""
+
+    def anneal(self, progress: Any) -> Any:
+        return 0.5 * (1.0 + ops.cos(math.pi * progress))
 
 
 def schedule(cfg: TrainConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
