@@ -18,19 +18,20 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
 
 from cifarflow.errors import InputError, JobError, StorageError, unmark
 from cifarflow.storage import StorageConfig, Store, join, redact
 from cifarflow.train.config import TrainConfig
-from cifarflow.train.distribute import Role, role_from_env
+from cifarflow.train.distribute import Role, make_strategy, role_from_env
 from cifarflow.train.source import DataSource, open_source
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,6 @@ class TrainResult:
     images_per_second: float  # training steps only (no validation, checkpoints or export)
     saved_model_url: str | None = None
     replicas: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def train(cfg: TrainConfig, *, hooks: Hooks | None = None) -> TrainResult:
@@ -90,8 +90,6 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None) -> TrainResult:
     source = open_source(store, cfg.data)
     check_output(store, cfg.out)
     role = role_from_env()
-    from cifarflow.train.distribute import make_strategy
-
     strategy = make_strategy(role)  # first TensorFlow call: the multi-worker runtime must start before any op
     trainer = Trainer(cfg, source=source, store=store, role=role, strategy=strategy, hooks=hooks)
     try:
@@ -112,6 +110,8 @@ def check_output(store: Store, url: str) -> None:
 
 
 class Trainer:
+    """One training run on one process of the job: the model, its optimiser and checkpoints, the loop."""
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -187,8 +187,6 @@ class Trainer:
 
     def close(self) -> None:
         self.checkpoints.close()
-        import shutil
-
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- the step (graph code) ----------------------------------------------------------------------------
@@ -292,7 +290,7 @@ class Trainer:
         finally:
             self._iterator = None
             gc.collect()
-        weights = [w for w in self.model.get_weights()]
+        weights = self.model.get_weights()
         from cifarflow.train.export import weights_fingerprint
 
         result = TrainResult(
