@@ -221,7 +221,7 @@ def test_an_executor_killed_mid_job_changes_nothing(cluster: Cluster, raw: str, 
     # 6 input splits (5 train batches, 1 test) on 2 one-core executors: 3 waves per pass.
     calm = tmp_path / "calm"
     out, err = _finish(_preprocess(cluster, raw, calm, delay=0.0))
-    (tmp_path / "calm.log").write_text(err)
+    assert "\tat " not in err, err  # a quiet happy path: no Java stack traces
     dataset_id = out.split("dataset: ")[1].split()[0]
 
     rough = tmp_path / "rough"
@@ -237,8 +237,7 @@ def test_an_executor_killed_mid_job_changes_nothing(cluster: Cluster, raw: str, 
     assert len(victims) == 2, victims
     os.kill(victims[0], signal.SIGKILL)
     _, err = _finish(proc)
-    (tmp_path / "rough.log").write_text(err)
-    assert "Lost executor" in err or "lost" in err.lower(), err  # Spark noticed, and recovered
+    assert "Lost executor" in err, err  # Spark noticed, and recovered
 
     for name in (MANIFEST, STATS):
         assert (rough / dataset_id / name).read_bytes() == (calm / dataset_id / name).read_bytes(), name
