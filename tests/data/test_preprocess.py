@@ -14,7 +14,10 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -631,3 +634,39 @@ def test_end_to_end_on_gcs(spark: Any, gcs_server: Any, gcs_bucket: str, small_a
     raw = ingest(small_archive[0], f"{gcs_bucket}/work", store)
     result = pre.preprocess(raw, f"{gcs_bucket}/datasets", seed=2, store=store)
     same_dataset(store, result, small_archive)
+
+
+# -- the whole command, as a user runs it -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_command_is_quiet_and_a_task_error_is_its_last_line(planted: Any, tmp_path: Path) -> None:
+    """A fresh process (its own JVM): stderr holds cifarflow's log lines and, on failure, the one error line —
+    no Spark banner, no log4j warnings, no Java or Python stack traces."""
+    _, _, raw = planted
+    env = {**os.environ, "CIFARFLOW_SPARK_UI": "0"}
+
+    def preprocess(raw_url: str, out: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "cifarflow", "preprocess", "--raw", raw_url, "--out", str(out)]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    ok = preprocess(raw, tmp_path / "ok")
+    assert ok.returncode == 0, ok.stderr
+    # The JVM itself prints one line about Spark's vector module; everything else is cifarflow's own log.
+    noise = [
+        line
+        for line in ok.stderr.splitlines()
+        if " INFO cifarflow." not in line and not line.startswith("WARNING: Using incubator modules")
+    ]
+    assert noise == [], ok.stderr
+    assert ok.stdout.startswith("dataset: ds-")
+
+    broken = tmp_path / "raw-copy"
+    shutil.copytree(raw.removeprefix("file://"), broken)
+    doctor(f"file://{broken}", "data_batch_2", pickle.dumps({b"data": _Evil()}, protocol=2))
+    bad = preprocess(f"file://{broken}", tmp_path / "bad")
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.splitlines()
+    assert lines[-1].startswith("error: unsafe pickle") and "(fix: " in lines[-1], bad.stderr
+    assert not any("Traceback" in x or "\tat " in x or " ERROR " in x for x in lines), bad.stderr
+    no_dataset_left(tmp_path / "bad")
