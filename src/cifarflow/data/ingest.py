@@ -40,7 +40,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cifarflow import __version__
-from cifarflow.data import cifar
+from cifarflow.data import cifar, manifest
 from cifarflow.errors import InputError, StorageError
 from cifarflow.storage import Store, join, normalize, redact
 
@@ -133,13 +133,13 @@ def load_raw(store: Store, raw_url: str) -> RawIndex:
             f"no ingested archive at {redact(raw_url)} (no {MARKER})",
             "run `cifarflow ingest --source ... --dest DEST` first and pass --raw DEST/raw",
         )
-    try:
-        index = RawIndex.model_validate_json(store.read_bytes(marker))
-    except ValidationError as exc:
-        raise InputError(
-            f"{redact(marker)} is not a cifarflow ingest marker ({exc.error_count()} problems)",
-            "pass the DEST/raw folder written by `cifarflow ingest`",
-        ) from exc
+    index = manifest.read_model(
+        store,
+        marker,
+        RawIndex,
+        what="cifarflow ingest marker",
+        fix="pass the DEST/raw folder written by `cifarflow ingest`",
+    )
     if index.layout not in cifar.LAYOUTS:
         raise InputError(f"{redact(marker)}: unknown layout {index.layout!r}", "re-run `cifarflow ingest`")
     return index

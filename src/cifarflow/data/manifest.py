@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cifarflow import __version__
 from cifarflow.errors import InputError
 from cifarflow.storage import Store, join, redact
+
+M = TypeVar("M", bound=BaseModel)
 
 FORMAT: Final = "cifarflow.dataset/v1"
 MANIFEST = "_manifest.json"
@@ -168,14 +170,22 @@ def load(store: Store, url: str) -> tuple[Manifest, str]:
                 "rerun `cifarflow preprocess`; readers only trust committed datasets",
             )
         raise InputError(f"no dataset at {redact(base)} (no {MANIFEST})", "run `cifarflow preprocess` first")
-    try:
-        manifest = Manifest.model_validate_json(store.read_bytes(murl))
-    except ValidationError as exc:
-        raise InputError(
-            f"{redact(murl)} is not a cifarflow dataset manifest ({exc.error_count()} problems)",
-            "point --data at a folder written by `cifarflow preprocess`",
-        ) from exc
+    manifest = read_model(
+        store,
+        murl,
+        Manifest,
+        what="cifarflow dataset manifest",
+        fix="point --data at a folder written by `cifarflow preprocess`",
+    )
     return manifest, base
+
+
+def read_model(store: Store, url: str, model: type[M], *, what: str, fix: str) -> M:
+    """Read a committed JSON record (manifest, ingest marker) into its model; anything else is one error line."""
+    try:
+        return model.model_validate_json(store.read_bytes(url))
+    except ValidationError as exc:
+        raise InputError(f"{redact(url)} is not a {what} ({exc.error_count()} problems)", fix) from exc
 
 
 def load_stats(store: Store, manifest: Manifest, base: str) -> Stats:
