@@ -14,13 +14,16 @@ START_TIMEOUT=${DOCKERD_START_TIMEOUT:-60}
 DATA_IMAGE_SIZE=${DOCKERD_DATA_IMAGE_SIZE:-64G}
 DATA_ON_LOOP=${DOCKERD_DATA_ON_LOOP:-auto} # auto: when a loop device is free; 0: a plain folder
 
-# Debian's docker.io client (20.10) builds with BuildKit without the buildx plugin; a newer static client on PATH
-# (e.g. /usr/local/bin/docker) refuses DOCKER_BUILDKIT=1 without buildx, so prefer Debian's.
+# The client that was installed with the daemon (Debian's docker.io 20.10 builds with BuildKit without the buildx
+# plugin). Never whatever `docker` comes first on PATH: a newer static client (e.g. /usr/local/bin/docker 28.x)
+# refuses DOCKER_BUILDKIT=1 without buildx. Call it only after dockerd is installed.
 docker_cli() {
+  local dockerd
+  dockerd=$(command -v dockerd 2>/dev/null || true)
   if [[ -n ${DOCKER_CLI:-} ]]; then
     printf '%s\n' "$DOCKER_CLI"
-  elif [[ -x /usr/bin/docker ]]; then
-    printf '%s\n' /usr/bin/docker
+  elif [[ -n $dockerd && -x $(dirname "$dockerd")/docker ]]; then
+    printf '%s\n' "$(dirname "$dockerd")/docker"
   else
     printf '%s\n' docker
   fi

@@ -86,7 +86,7 @@ serve_wheelhouse() {
 
 build_image() {
   local name=$1 start log_file
-  local args=(build --progress=plain --network host -f "images/$name/Dockerfile" -t "cifarflow-$name:$IMAGE_TAG"
+  local args=(build --progress=plain --network host -f images/Dockerfile --target "$name" -t "cifarflow-$name:$IMAGE_TAG"
     --build-arg "BASE_IMAGE=$BASE_TAG" --build-arg PIP_NO_INDEX=1 --build-arg "PIP_FIND_LINKS=$WHEEL_URL")
   # The stand-in has no GPU: the plain TensorFlow wheel, without NVIDIA's CUDA wheels.
   [[ $name != trainer ]] || args+=(--build-arg TF_EXTRAS=)
@@ -135,14 +135,15 @@ main() {
   done
   local name
   for name in "${IMAGES[@]}"; do
-    [[ -f $ROOT/images/$name/Dockerfile ]] || die "no image named '$name'" "choose from spark, trainer, pipeline"
+    grep -q "^FROM runtime AS $name\$" "$ROOT/images/Dockerfile" || die "no image named '$name'" "choose from spark, trainer, pipeline"
   done
   STAGE_START=$(now)
   PHASE_START=$STAGE_START
-  DOCKER=$(docker_cli)
   run mkdir -p "$CACHE_DIR/logs"
 
   ensure_packages
+  # Only now: the client must be the one installed with dockerd, never one the machine happens to carry.
+  DOCKER=$(docker_cli)
   mark "apt packages"
   build_wheelhouse
   mark "wheelhouse"

@@ -16,9 +16,11 @@ from .helpers import IMAGES, REPO, tool
 DIGEST_PINNED = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
 
 
-def instructions(name: str) -> list[tuple[str, str]]:
+DOCKERFILE = REPO / "images" / "Dockerfile"
+
+
+def parse(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
-    text = (REPO / "images" / name / "Dockerfile").read_text()
     joined = re.sub(
         r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     )
@@ -30,35 +32,56 @@ def instructions(name: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("name", IMAGES)
-def test_hadolint_clean(name: str) -> None:
+ALL = parse(DOCKERFILE.read_text())
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions, by the name after AS."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, rest in ALL:
+        if keyword == "FROM":
+            current = out.setdefault(rest.rpartition(" AS ")[2], [])
+        current.append((keyword, rest))
+    return out
+
+
+def target(name: str) -> list[tuple[str, str]]:
+    """What one image runs: the shared runtime stage, then its own."""
+    return stages()["runtime"] + stages()[name]
+
+
+def test_hadolint_clean() -> None:
     proc = subprocess.run(
-        [tool("hadolint"), "--no-color", str(REPO / "images" / name / "Dockerfile")],
-        check=False,
-        capture_output=True,
-        text=True,
+        [tool("hadolint"), "--no-color", str(DOCKERFILE)], check=False, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name", IMAGES)
-def test_base_is_an_argument_pinned_by_digest(name: str) -> None:
-    steps = instructions(name)
-    keyword, arg = steps[0]
+def test_one_dockerfile_a_builder_a_runtime_and_a_target_per_image() -> None:
+    keyword, arg = ALL[0]
     assert keyword == "ARG" and arg.startswith("BASE_IMAGE="), "the first line must be ARG BASE_IMAGE=..."
     assert DIGEST_PINNED.match(arg.removeprefix("BASE_IMAGE="))
-    froms = [rest for keyword, rest in steps if keyword == "FROM"]
-    assert froms == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"], "a builder stage, then the runtime stage"
+    froms = [rest for keyword, rest in ALL if keyword == "FROM"]
+    assert froms == [
+        "${BASE_IMAGE} AS builder",
+        "${BASE_IMAGE} AS runtime",
+        *(f"runtime AS {name}" for name in IMAGES),
+    ]
+    assert not list((REPO / "images").glob("*/Dockerfile")), "one Dockerfile: images/Dockerfile"
 
 
-def test_one_base_for_all_images() -> None:
-    assert len({instructions(name)[0][1] for name in IMAGES}) == 1
+def test_wheel_is_built_once_in_the_builder() -> None:
+    wheels = [
+        (name, rest) for name, steps in stages().items() for keyword, rest in steps if "pip wheel" in rest
+    ]
+    assert [name for name, _ in wheels] == ["builder"]
+    assert "--no-deps" in wheels[0][1]
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_wheel_is_built_once_in_the_builder_and_mounted_into_the_runtime(name: str) -> None:
-    runs = [rest for keyword, rest in instructions(name) if keyword == "RUN"]
-    assert sum("pip wheel --no-deps" in run for run in runs) == 1
+def test_each_target_mounts_the_wheel_and_installs_pinned_deps(name: str) -> None:
+    runs = [rest for keyword, rest in target(name) if keyword == "RUN"]
     installs = [run for run in runs if "from=builder" in run]
     assert len(installs) == 1
     assert "pip install --no-deps" in installs[0]
@@ -68,22 +91,27 @@ def test_wheel_is_built_once_in_the_builder_and_mounted_into_the_runtime(name: s
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_runs_as_the_uid_the_pods_use(name: str) -> None:
-    users = [rest for keyword, rest in instructions(name) if keyword == "USER"]
+    users = [rest for keyword, rest in target(name) if keyword == "USER"]
     assert users == [str(RUN_AS)], "one numeric, non-root USER, the uid cifarflow.k8s runs pods as"
     assert RUN_AS > 0
 
 
-@pytest.mark.parametrize("name", IMAGES)
-def test_no_secrets_in_build_arguments_or_environment(name: str) -> None:
-    for keyword, rest in instructions(name):
+def test_no_secrets_in_build_arguments_or_environment() -> None:
+    for keyword, rest in ALL:
         if keyword in ("ARG", "ENV"):
             assert not re.search(r"(TOKEN|PASSWORD|SECRET|_KEY)\b", rest, re.IGNORECASE), rest
 
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_entrypoint_runs_under_tini(name: str) -> None:
-    (entrypoint,) = [rest for keyword, rest in instructions(name) if keyword == "ENTRYPOINT"]
+    (entrypoint,) = [rest for keyword, rest in target(name) if keyword == "ENTRYPOINT"]
     assert entrypoint.startswith('["/usr/bin/tini", "--"')
+
+
+def test_only_the_spark_target_has_java() -> None:
+    for name in IMAGES:
+        java = any("openjdk" in rest for keyword, rest in target(name) if keyword == "RUN")
+        assert java == (name == "spark"), name
 
 
 def _pattern(glob: str) -> re.Pattern[str]:
@@ -116,10 +144,10 @@ def allowed_by_dockerignore(path: str) -> bool:
     return allowed
 
 
-def context_sources(name: str) -> set[str]:
-    """Paths a Dockerfile takes from the build context: COPY sources and bind mounts without from=."""
+def context_sources() -> set[str]:
+    """Paths the Dockerfile takes from the build context: COPY sources and bind mounts without from=."""
     sources: set[str] = set()
-    for keyword, rest in instructions(name):
+    for keyword, rest in ALL:
         if keyword == "COPY" and "--from" not in rest:
             sources.update(shlex.split(rest)[:-1])
         for mount in re.findall(r"--mount=(\S+)", rest):
@@ -129,12 +157,11 @@ def context_sources(name: str) -> set[str]:
     return {source.rstrip("/") for source in sources}
 
 
-@pytest.mark.parametrize("name", IMAGES)
-def test_dockerignore_lets_in_what_the_dockerfile_uses(name: str) -> None:
-    for source in context_sources(name):
+def test_dockerignore_lets_in_what_the_dockerfile_uses() -> None:
+    for source in context_sources():
         assert (REPO / source).exists(), source
         assert allowed_by_dockerignore(source), (
-            f"{source} is used by images/{name} but kept out by .dockerignore"
+            f"{source} is used by images/Dockerfile but kept out by .dockerignore"
         )
 
 
@@ -188,7 +215,7 @@ def test_unknown_extra_is_one_clear_error() -> None:
 
 
 def test_spark_image_ships_the_application_file_the_sparkapplication_names() -> None:
-    steps = instructions("spark")
+    steps = target("spark")
     copies = [rest for keyword, rest in steps if keyword == "COPY"]
     assert "images/spark/main.py /opt/cifarflow/main.py" in copies
     main_py = (REPO / "images" / "spark" / "main.py").read_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, tool
+from .helpers import REPO, path_without, tool
 
 SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "images").glob("*/*.sh"))
 
@@ -58,9 +58,9 @@ def test_images_test_dry_run_shows_the_whole_stage(tmp_path: Path) -> None:
         "debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm",
         "dockerd --data-root",
         "docker import",
-        "-f images/spark/Dockerfile",
-        "-f images/trainer/Dockerfile",
-        "-f images/pipeline/Dockerfile",
+        "--target spark",
+        "--target trainer",
+        "--target pipeline",
         "pytest -m docker",
         "kill -TERM",
         "rm -rf /tmp/cifarflow-dockerd.",
@@ -73,7 +73,10 @@ def test_images_test_dry_run_shows_the_whole_stage(tmp_path: Path) -> None:
     for build in (line for line in lines if " build " in line):
         assert "--build-arg BASE_IMAGE=cifarflow-standin:bookworm" in build
         assert "--build-arg PIP_NO_INDEX=1" in build
-    assert "--build-arg TF_EXTRAS= " in lines[index(lines, "-f images/trainer/Dockerfile")]
+    assert "--build-arg TF_EXTRAS= " in lines[index(lines, "--target trainer")]
+
+
+TOOLS = {"docker", "dockerd", "debootstrap"}
 
 
 def test_images_test_uses_its_caches(tmp_path: Path) -> None:
@@ -85,17 +88,52 @@ def test_images_test_uses_its_caches(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     ).stdout[:12]
-    (tmp_path / "wheelhouse").mkdir()
-    (tmp_path / "wheelhouse" / ".stamp").write_text(key + "\n")
-    first = dry_run("images-test.sh", env={"CACHE_DIR": str(tmp_path)})
+    cache = tmp_path / "cache"
+    (cache / "wheelhouse").mkdir(parents=True)
+    (cache / "wheelhouse" / ".stamp").write_text(key + "\n")
+    # A machine where the image stage's packages are installed (stubs), whatever this one has.
+    env = {"CACHE_DIR": str(cache), "PATH": path_without(tmp_path / "bin", TOOLS, stubs=tuple(TOOLS))}
+    first = dry_run("images-test.sh", env=env)
     tarball = next(
         line.split()[-1] for line in commands(first) if line.startswith("mv ") and line.endswith(".tar")
     )
     Path(tarball).write_bytes(b"cached")
-    again = dry_run("images-test.sh", env={"CACHE_DIR": str(tmp_path)})
+    again = dry_run("images-test.sh", env=env)
     lines = commands(again)
-    assert not [line for line in lines if "debootstrap" in line or "pip wheel" in line]
+    assert not [line for line in lines if "apt-get" in line or "debootstrap " in line or "pip wheel" in line]
     assert "stand-in base cached" in again.stderr and "wheelhouse cached" in again.stderr
+
+
+def test_images_test_on_a_fresh_machine_installs_first_then_uses_debians_client(tmp_path: Path) -> None:
+    """No docker.io, no debootstrap, only a foreign docker client on PATH: the stage installs both packages before
+    any docker command, and never uses the foreign client (it has no buildx)."""
+    path = path_without(tmp_path / "bin", TOOLS)
+    foreign = tmp_path / "bin" / "docker"
+    foreign.write_text("#!/bin/sh\nexit 1\n")
+    foreign.chmod(0o755)
+    lines = commands(dry_run("images-test.sh", env={"CACHE_DIR": str(tmp_path / "cache"), "PATH": path}))
+    install = index(lines, "apt-get install")
+    assert "docker.io" in lines[install] and "debootstrap" in lines[install]
+    docker_commands = [i for i, line in enumerate(lines) if " build " in line or " import " in line]
+    assert docker_commands and min(docker_commands) > install
+    assert not [line for line in lines if str(foreign) in line]
+
+
+def test_docker_client_is_the_one_installed_with_dockerd(tmp_path: Path) -> None:
+    path = path_without(tmp_path / "bin", TOOLS)
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for name in ("dockerd", "docker"):
+        (debian / name).write_text("#!/bin/sh\nexit 0\n")
+        (debian / name).chmod(0o755)
+    proc = subprocess.run(
+        ["bash", "-c", f"source {REPO / 'scripts' / 'dockerd.sh'} && docker_cli"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PATH": f"{path}:{debian}"},
+    )
+    assert proc.stdout.strip() == str(debian / "docker")
 
 
 def test_images_test_rejects_an_unknown_image() -> None:
