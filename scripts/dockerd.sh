@@ -18,15 +18,23 @@ DATA_ON_LOOP=${DOCKERD_DATA_ON_LOOP:-auto} # auto: when a loop device is free; 0
 # plugin). Never whatever `docker` comes first on PATH: a newer static client (e.g. /usr/local/bin/docker 28.x)
 # refuses DOCKER_BUILDKIT=1 without buildx. Call it only after dockerd is installed.
 docker_cli() {
-  local dockerd
-  dockerd=$(command -v dockerd 2>/dev/null || true)
+  local dockerd dir candidate
   if [[ -n ${DOCKER_CLI:-} ]]; then
     printf '%s\n' "$DOCKER_CLI"
-  elif [[ -n $dockerd && -x $(dirname "$dockerd")/docker ]]; then
-    printf '%s\n' "$(dirname "$dockerd")/docker"
-  else
-    printf '%s\n' docker
+    return
   fi
+  dockerd=$(command -v dockerd 2>/dev/null || true)
+  if [[ -n $dockerd ]]; then
+    dir=$(dirname "$dockerd")
+    # Beside it, or in the sibling bin/ (Debian: /usr/sbin/dockerd, /usr/bin/docker).
+    for candidate in "$dir/docker" "$(dirname "$dir")/bin/docker"; do
+      if [[ -x $candidate ]]; then
+        printf '%s\n' "$candidate"
+        return
+      fi
+    done
+  fi
+  printf '%s\n' docker
 }
 
 # Sets DOCKERD_HOST to the daemon's socket URL.

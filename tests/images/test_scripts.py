@@ -121,19 +121,21 @@ def test_images_test_on_a_fresh_machine_installs_first_then_uses_debians_client(
 
 def test_docker_client_is_the_one_installed_with_dockerd(tmp_path: Path) -> None:
     path = path_without(tmp_path / "bin", TOOLS)
-    debian = tmp_path / "debian"
-    debian.mkdir()
-    for name in ("dockerd", "docker"):
-        (debian / name).write_text("#!/bin/sh\nexit 0\n")
-        (debian / name).chmod(0o755)
+    # Debian's layout: /usr/sbin/dockerd, /usr/bin/docker; a foreign client earlier on PATH.
+    debian = tmp_path / "usr"
+    foreign = tmp_path / "local"
+    for tool in (debian / "sbin" / "dockerd", debian / "bin" / "docker", foreign / "docker"):
+        tool.parent.mkdir(parents=True, exist_ok=True)
+        tool.write_text("#!/bin/sh\nexit 0\n")
+        tool.chmod(0o755)
     proc = subprocess.run(
         ["bash", "-c", f"source {REPO / 'scripts' / 'dockerd.sh'} && docker_cli"],
         check=True,
         capture_output=True,
         text=True,
-        env=os.environ | {"PATH": f"{path}:{debian}"},
+        env=os.environ | {"PATH": f"{foreign}:{path}:{debian / 'sbin'}:{debian / 'bin'}"},
     )
-    assert proc.stdout.strip() == str(debian / "docker")
+    assert proc.stdout.strip() == str(debian / "bin" / "docker")
 
 
 def test_images_test_rejects_an_unknown_image() -> None:
