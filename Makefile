@@ -12,7 +12,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 MINIKUBE_ARGS ?=
 
-.PHONY: help venv checkov-venv check-java run demo test lint unit images-test minikube-up minikube-down clean
+.PHONY: help venv checkov-venv check-java crds run demo test lint unit images-test minikube-up minikube-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ $(CHECKOV_VENV)/.installed:
 	@touch $@
 
 checkov-venv: $(CHECKOV_VENV)/.installed ## checkov (for the rendered Kubernetes manifests) in .venv-checkov
+
+crds: ## Fetch the pinned upstream CRDs into .cache/crds (for a checkout without ../shared/crds beside it)
+	scripts/fetch-crds.sh
 
 check-java: ## Spark 4 needs Java 17+
 	@if ! command -v java >/dev/null 2>&1; then \

@@ -6,6 +6,7 @@ their order and the pinned versions.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -124,10 +125,10 @@ def test_docker_client_is_the_one_installed_with_dockerd(tmp_path: Path) -> None
     # Debian's layout: /usr/sbin/dockerd, /usr/bin/docker; a foreign client earlier on PATH.
     debian = tmp_path / "usr"
     foreign = tmp_path / "local"
-    for tool in (debian / "sbin" / "dockerd", debian / "bin" / "docker", foreign / "docker"):
-        tool.parent.mkdir(parents=True, exist_ok=True)
-        tool.write_text("#!/bin/sh\nexit 0\n")
-        tool.chmod(0o755)
+    for fake in (debian / "sbin" / "dockerd", debian / "bin" / "docker", foreign / "docker"):
+        fake.parent.mkdir(parents=True, exist_ok=True)
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
     proc = subprocess.run(
         ["bash", "-c", f"source {REPO / 'scripts' / 'dockerd.sh'} && docker_cli"],
         check=True,
@@ -220,3 +221,26 @@ def test_minikube_up_bad_option_is_one_clear_error() -> None:
 )
 def test_minikube_down_dry_run(args: tuple[str, ...], expected: str) -> None:
     assert commands(dry_run("minikube-down.sh", *args)) == [expected]
+
+
+def test_crds_lock_pins_exactly_the_shared_crds() -> None:
+    """requirements/crds.lock (what `make crds` fetches) names the same files, with the same bytes, as ../shared."""
+    shared = REPO / ".." / "shared" / "crds"
+    if not shared.is_dir():
+        pytest.skip("../shared/crds is absent (CI has it beside the checkout)")
+    lock = {
+        line.split()[0]: line.split()[1]
+        for line in (REPO / "requirements" / "crds.lock").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert set(lock) == {path.name for path in shared.glob("*.yaml")}
+    for name, digest in lock.items():
+        assert hashlib.sha256((shared / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_fetch_crds_dry_run_downloads_each_pinned_release(tmp_path: Path) -> None:
+    lines = commands(dry_run("fetch-crds.sh", str(tmp_path)))
+    urls = [line.split()[-1] for line in lines if line.startswith("curl ")]
+    assert len(urls) == 9
+    assert all(url.startswith("https://raw.githubusercontent.com/") for url in urls)
+    assert {"v1.9.4", "v2.5.2", "v2.3.0", "v0.20.0"} == {url.split("/")[5] for url in urls}
