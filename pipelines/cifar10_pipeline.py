@@ -7,7 +7,8 @@ parameters' defaults fit the minikube overlay (``k8s/overlays/minikube``); see d
 Caching: ``plan`` reads the raw index and computes the content-addressed dataset id; ``preprocess`` takes only
 that id and parameters (no upstream artifact), so KFP's cache key is stable while the dataset is unchanged and
 an unchanged dataset is never recomputed. ``ingest`` and ``plan`` always run (cheap, and they are what notices
-a changed source); ``train`` and ``evaluate`` run every time (each run trains its own model).
+a changed source); ``train`` and ``evaluate`` run every time: training is named by its settings, so the same
+settings resume (or reuse) their model and other settings train into their own folder.
 """
 
 from typing import NamedTuple
@@ -91,6 +92,7 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     model: str = "resnet20",
     epochs: int = 30,
     batch_size: int = 128,
+    run_name: str = "",
 ) -> Outputs:
     """CIFAR-10 from a bucket to an evaluated model. Empty values defer to the cluster's cifarflow-defaults.
 
@@ -116,8 +118,8 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         model: resnet20 or resnet9.
         epochs: Training epochs.
         batch_size: Global batch size, split over all replicas.
+        run_name: Model folder under WORKDIR/models/<dataset-id>/ ("" = model and a hash of the settings).
     """
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
     ingest = c.ingest(source=source, workdir=workdir, s3_endpoint=s3_endpoint)
     ingest.set_caching_options(False).set_retry(num_retries=2, backoff_duration="30s")
@@ -167,10 +169,11 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         workers=train_workers,
         gpus_per_worker=gpus_per_worker,
         s3_endpoint=s3_endpoint,
-        run_id=run_id,
+        run_name=run_name,
         timeout_s=DEADLINES["train"] - JOB_MARGIN_S,
     )
-    # A retry re-attaches to the run's TFJob, which resumes from its last checkpoint.
+    # A retry re-attaches to the run's TFJob (named after the run's settings), which resumes from its last
+    # checkpoint.
     train.set_caching_options(False).set_retry(num_retries=1, backoff_duration="60s")
     _on_cluster(train, "train", pipeline_image, bucket_secret)
 

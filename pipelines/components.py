@@ -102,11 +102,12 @@ def train(
     workers: int,
     gpus_per_worker: int,
     s3_endpoint: str,
-    run_id: str,
+    run_name: str,
     timeout_s: int,
     model: Output[Model],
 ) -> None:
-    """Train on the dataset (a TFJob, or TensorFlow in this process) into WORKDIR/models/<dataset>/<run>."""
+    """Train on the dataset (a TFJob, or TensorFlow in this process) into WORKDIR/models/<dataset>/<run>, the
+    run named by its settings (or run_name): the same settings resume, other settings get their own folder."""
     from cifarflow.pipeline import steps
 
     result = steps.train(
@@ -122,9 +123,10 @@ def train(
                 backend=backend,
                 namespace=namespace,
                 s3_endpoint=s3_endpoint,
-                run_id=run_id,
+                run_id="",  # the step names the TFJob after the run
                 timeout_s=timeout_s,
             ),
+            run_name=run_name,
         )
     )
     steps.publish_model(result, model, steps.make_store(s3_endpoint))

@@ -55,8 +55,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     cli: Callable[..., Result], archive: str, tmp_path: Path
 ) -> None:
-    work, root = tmp_path / "work", tmp_path / "kfp"
-    common = ("--workdir", str(work), "--pipeline-root", str(root), "--param", f"source={archive}")
+    work = tmp_path / "work"
+    common = ("--workdir", str(work), "--param", f"source={archive}")
     res = cli("pipeline", "run-local", *common, "--param", "epochs=1", "--param", "batch_size=32")
     assert res.code == 0, res.err
     out = _outputs(res)
@@ -66,7 +66,7 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     finished = re.findall(r"Task '(\w+)' finished with status (\w+)", log)
     assert finished == [(step, "SUCCESS") for step in STEPS]
     run_dir = Path(out["kfp outputs"])
-    assert run_dir.parent == root
+    assert run_dir.parent == work / "kfp-local"  # everything stays under --workdir
 
     # Dataset: the artifact is the committed manifest (a byte copy); the metadata has the id, counts, origin.
     dataset = _artifacts(run_dir, "preprocess")["dataset"]
@@ -86,7 +86,7 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     assert (_path(out["model"]) / "saved_model.pb").read_bytes() == (
         Path(model["uri"]) / "saved_model.pb"
     ).read_bytes()
-    assert f"/models/{manifest.dataset_id}/" in out["model"]
+    assert f"/models/{manifest.dataset_id}/resnet20-" in out["model"]  # named by its settings
 
     # Metrics, confusion matrix (with class names) and the HTML report, consistent with one another.
     evaluation = _artifacts(run_dir, "evaluate")
@@ -103,6 +103,7 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     assert float(out["accuracy"]) == pytest.approx(scores["accuracy"], abs=1e-3)
     report = Path(evaluation["report"]["uri"]).read_bytes()
     assert report == _path(out["report"]).read_bytes()
+    assert _path(out["report"]).parent == _path(out["model"]).parent  # where `cifarflow run` puts it
     assert report.lstrip().lower().startswith((b"<!doctype html", b"<html"))
     saved_metrics = json.loads(_path(scores["metrics_url"]).read_text())
     assert saved_metrics["test"]["confusion_matrix"] == rows
@@ -114,7 +115,7 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     assert re.search(r"Task '?preprocess'? cache hit", _plain(res.err))
     assert res.error_lines == [
         "error: step train failed: pipeline parameter epochs=0 is invalid: "
-        "Input should be greater than or equal to 1 (fix: fix --param epochs=...)"
+        "input should be greater than or equal to 1 (fix: pass a value within the bound above)"
     ]
 
 

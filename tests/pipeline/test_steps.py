@@ -212,12 +212,46 @@ def test_train_on_k8s_runs_a_tfjob_for_the_run(workdir: str, submitted: Submitte
     assert worker["replicas"] == 3
     assert container["image"] == "registry.example/cifarflow-trainer:abc123"
     assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
-    assert job["run_id"] == "9b2f6c1e-0000-4000-8000-000000000001"
     assert job["extra_args"] == [
         "--model", "resnet9", "--epochs", "4", "--batch-size", "256", "--seed", "1", "--no-evaluate",
     ]  # fmt: skip
-    assert job["out"] == info.model_url == join("file://" + workdir, "models", DATASET_ID, job["run_id"])
+    # Named by the settings, not by the KFP run: the same settings find the same folder and TFJob.
+    run = train_config(workdir, dataset).run_name(DATASET_ID)
+    assert job["out"] == info.model_url == join("file://" + workdir, "models", DATASET_ID, run)
+    assert job["run_id"] == f"{run}-{info.model_url}"
     assert info.saved_model_url == info.model_url + "/saved_model"
+
+
+def train_config(workdir: str, dataset: str, **kw: Any) -> Any:
+    return steps.train_config(train_request(workdir, dataset, **kw), dataset, "")
+
+
+def test_train_settings_name_the_model_folder_and_another_run_is_one_conflict_line(
+    workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    commit_dataset(Store(), dataset)
+    first = steps.train(train_request(workdir, dataset))
+    again = steps.train(train_request(workdir, dataset, cluster=cluster(run_id="another-kfp-run")))
+    other = steps.train(train_request(workdir, dataset, epochs=5))
+    assert first.model_url == again.model_url != other.model_url
+    named = steps.train(train_request(workdir, dataset, run_name="baseline"))
+    assert named.model_url == join("file://" + workdir, "models", DATASET_ID, "baseline")
+    jobs = [names.job_name("train", job["run_id"]) for job in submitted.jobs]
+    assert jobs[0] == jobs[1] and len(set(jobs)) == 3  # a retry or rerun re-attaches to its TFJob
+
+    # "baseline" now holds a run of 4 epochs (its run.json, as the trainer writes it): 5 epochs is refused.
+    from cifarflow.train import runs
+
+    runs.record(
+        Store(), train_config(workdir, dataset).model_copy(update={"out": named.model_url}), DATASET_ID
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        steps.train(train_request(workdir, dataset, run_name="baseline", epochs=5))
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert "holds another training run" in line and "epochs 4 there, 5 here" in line
+    assert len(submitted.jobs) == 4  # no TFJob for the refused run
 
 
 def test_a_tfjob_that_leaves_no_savedmodel_is_one_error_line(
@@ -243,8 +277,8 @@ def test_bad_training_parameters_fail_before_any_job(
         steps.train(train_request(workdir, dataset, batch_size=0))
     assert submitted.jobs == []
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "error: pipeline parameter batch_size=0 is invalid: Input should be greater than or equal to 1 "
-        "(fix: fix --param batch_size=...)"
+        "error: pipeline parameter batch_size=0 is invalid: input should be greater than or equal to 1 "
+        "(fix: pass a value within the bound above)"
     )
 
 

@@ -114,7 +114,9 @@ def test_resuming_checkpoints_of_another_model_is_refused(
     }
     marker.write_text(json.dumps(saved))
     line = run(train(tiny_dataset, tmp_path / "out", "--model", "resnet9"), capsys)
-    assert "holds checkpoints of a different model" in line and "use another --out" in line
+    # No run.json says which settings wrote them: refused rather than resumed into a mix of two runs.
+    assert f"{marker} belongs to a training run that no run.json describes" in line
+    assert "use another --out" in line
     assert json.loads(marker.read_text()) == saved
 
 

@@ -91,8 +91,10 @@ def run_local(
     workdir: str | None = typer.Option(
         None, "--workdir", help="Where data and models go (default ./work; same as --param workdir=...)."
     ),
-    pipeline_root: str = typer.Option(
-        "work/kfp-local", "--pipeline-root", help="Local folder for KFP's own outputs and the run log."
+    pipeline_root: str | None = typer.Option(
+        None,
+        "--pipeline-root",
+        help="Local folder for KFP's own outputs and the run log (default: WORKDIR/kfp-local).",
     ),
     cache: bool = typer.Option(
         True, "--cache/--no-cache", help="Skip tasks whose inputs are unchanged (KFP's cache, kept locally)."
@@ -104,9 +106,10 @@ def run_local(
 
     given = params_mod.parse(params, definition.pipeline_func())
     steps.check_arguments(given)
+    arguments = local.arguments(given, workdir)
     run = local.run_local(
-        local.arguments(given, workdir),
-        pipeline_root=pipeline_root,
+        arguments,
+        pipeline_root=pipeline_root or local.default_root(str(arguments["workdir"])),
         echo=sys.stderr,
         verbose=state.verbose,
         cache=cache,

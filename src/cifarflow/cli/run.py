@@ -31,18 +31,28 @@ def run(
     master: Annotated[
         str | None, typer.Option("--master", help="Spark master for preprocessing (default: local[*]).")
     ] = None,
+    run_name: Annotated[
+        str | None,
+        typer.Option(
+            "--run-name",
+            help="Name of the model folder under WORKDIR/models/<dataset>/ (default: model and settings hash).",
+        ),
+    ] = None,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Ingest, preprocess (Spark), train (TensorFlow) and evaluate; prints where the report is.
 
     Every step is idempotent: rerunning reuses the ingested archive and the dataset, and training resumes from
-    its last checkpoint.
+    its last checkpoint. A run is named by its settings: other settings train into their own folder.
     """
     from cifarflow.data.ingest import ingest
     from cifarflow.data.preprocess import preprocess
-    from cifarflow.train.config import TrainConfig
+    from cifarflow.train import runs
+    from cifarflow.train.config import parse_config
     from cifarflow.train.evaluate import evaluate
 
+    if run_name:
+        runs.check_run_name(run_name)  # before minutes of ingest and Spark
     store = make_store(s3_endpoint)
     workdir = normalize(workdir)
     landed = ingest(source, workdir, store=store)
@@ -57,16 +67,19 @@ def run(
         store=store,
     )
     out(f"dataset: {dataset.dataset_url}")
-    model_url = join(workdir, "models", dataset.dataset_id, model.value)
-    cfg = TrainConfig(
-        data=dataset.dataset_url,
-        out=model_url,
-        epochs=epochs,
-        batch_size=batch_size,
-        model=model.value,
-        evaluate=False,
-        s3_endpoint=s3_endpoint,
+    cfg = parse_config(
+        {
+            "data": dataset.dataset_url,
+            "out": "",  # named below, after the settings that define the run
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "model": model.value,
+            "evaluate": False,
+            "s3_endpoint": s3_endpoint,
+        }
     )
+    model_url = runs.model_url(join(workdir, "models"), dataset.dataset_id, cfg, run_name)
+    cfg = cfg.model_copy(update={"out": model_url})
     run_training(cfg)
     out(f"model: {model_url}")
     print_scores(evaluate(dataset.dataset_url, model_url, model_url, store=store))

@@ -12,7 +12,7 @@ from rich.progress import Progress, TaskID
 
 from cifarflow.cli.common import S3Endpoint, app, make_store, out, progress
 from cifarflow.cli.data import Backend
-from cifarflow.train.config import TrainConfig
+from cifarflow.train.config import TrainConfig, parse_config
 
 log = logging.getLogger(__name__)
 
@@ -137,31 +137,33 @@ def train(
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Train a ResNet on a committed dataset (one process, or one replica of a TFJob via TF_CONFIG)."""
+    cfg = parse_config(
+        {
+            "data": data,
+            "out": out_url,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "model": model.value,
+            "depth": depth,
+            "width": width,
+            "lr": lr,
+            "schedule": schedule.value,
+            "label_smoothing": label_smoothing,
+            "weight_decay": weight_decay,
+            "checkpoint_every": checkpoint_every,
+            "mixed_precision": mixed_precision.value,
+            "xla": xla.value,
+            "seed": seed,
+            "evaluate": evaluate,
+            "s3_endpoint": s3_endpoint,
+        }
+    )  # checked here, so a bad option is one line before a TFJob is submitted
     if backend is Backend.k8s:
         from cifarflow.k8s import cli_support
 
         extra = cli_support.forwarded_args(train, locals())
         cli_support.train_on_k8s(data=data, out=out_url, extra_args=extra)
         return
-    cfg = TrainConfig(
-        data=data,
-        out=out_url,
-        epochs=epochs,
-        batch_size=batch_size,
-        model=model.value,
-        depth=depth,
-        width=width,
-        lr=lr,
-        schedule=schedule.value,
-        label_smoothing=label_smoothing,
-        weight_decay=weight_decay,
-        checkpoint_every=checkpoint_every,
-        mixed_precision=mixed_precision.value,
-        xla=xla.value,
-        seed=seed,
-        evaluate=evaluate,
-        s3_endpoint=s3_endpoint,
-    )
     result = run_training(cfg)
     if not result.is_chief:
         return  # the chief reports; the other replicas' logs stay quiet

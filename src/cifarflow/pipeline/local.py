@@ -72,6 +72,12 @@ def arguments(params: dict[str, Any], workdir: str | None = None) -> dict[str, A
     return {**chosen, **params}
 
 
+def default_root(workdir: str) -> str:
+    """KFP's own outputs go under the workdir (``WORKDIR/kfp-local``) when it is a local folder."""
+    local = workdir.removeprefix("file://")
+    return os.path.join(local if "://" not in local else DEFAULT_WORKDIR, "kfp-local")
+
+
 def run_local(
     params: dict[str, Any],
     *,

@@ -8,8 +8,10 @@ Workdir layout (the same bucket serves the pipeline and ``cifarflow run``)::
 
     WORKDIR/raw/...                          ingest's raw members + _ingest.json
     WORKDIR/datasets/<dataset-id>/...        committed datasets (content-addressed)
-    WORKDIR/models/<dataset-id>/<run>/...    one model per pipeline run (saved_model/, checkpoints/...)
-    WORKDIR/models/<dataset-id>/<run>/evaluation/   metrics.json, report.html of the evaluate step
+    WORKDIR/models/<dataset-id>/<run>/...    one model per training run (saved_model/, checkpoints/...), named
+                                             by its settings (or the run_name parameter), as `cifarflow run` does
+    WORKDIR/models/<dataset-id>/<run>/report.html, metrics.json   the evaluate step's, where `cifarflow run`
+                                             puts them
 
 Backends: ``k8s`` launches a SparkApplication / TFJob through :mod:`cifarflow.k8s` and waits for it; ``local``
 runs the same code in the step's own process (Spark local mode, TensorFlow on the CPU).
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from cifarflow.errors import CifarflowError, InputError, JobError
-from cifarflow.storage import StorageConfig, Store, join, normalize, redact
+from cifarflow.storage import StorageConfig, Store, basename, join, normalize, redact
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,8 @@ def datasets_root(workdir: str) -> str:
     return join(_workdir(workdir), "datasets")
 
 
-def model_url(workdir: str, dataset_id: str, run_id: str) -> str:
-    from cifarflow.k8s.names import slug
-
-    return join(_workdir(workdir), "models", dataset_id, slug(run_id, 63) or "run")
+def models_root(workdir: str) -> str:
+    return join(_workdir(workdir), "models")
 
 
 def _workdir(workdir: str) -> str:
@@ -99,7 +99,7 @@ class Cluster:
     backend: str
     namespace: str  # "" = the deployment's
     s3_endpoint: str  # "" = the deployment's
-    run_id: str  # the KFP run: names the step's job, so a retried step re-attaches to it ("" where unused)
+    run_id: str  # names the step's job, so a retried step re-attaches to it ("" where the step names it)
     timeout_s: int
 
     def check(self) -> None:
@@ -151,6 +151,7 @@ class TrainRequest:
     seed: int
     tfjob: TFJobSettings
     cluster: Cluster
+    run_name: str = ""  # "" = named by the dataset and the settings, like `cifarflow run`
 
 
 # -- what steps return ---------------------------------------------------------------------------------------
@@ -300,14 +301,18 @@ def preprocess(req: PreprocessRequest) -> DatasetInfo:
 
 @step
 def train(req: TrainRequest) -> ModelInfo:
-    """Train one model for this run; a retried step resumes from the run's last checkpoint."""
+    """Train the model these settings define; a retried step, or a later run with the same settings, resumes
+    from its last checkpoint; other settings train into their own folder."""
     from cifarflow.data import manifest as mf
+    from cifarflow.train import runs
 
     req.cluster.check()
     store = req.cluster.store
     manifest, base = mf.load(store, req.dataset_url)
-    out = model_url(req.workdir, manifest.dataset_id, req.cluster.run_id)
-    cfg = train_config(req, base, out)  # checked here, before a TFJob or TensorFlow starts
+    cfg = train_config(req, base, "")  # checked here, before a TFJob or TensorFlow starts
+    out = runs.model_url(models_root(req.workdir), manifest.dataset_id, cfg, req.run_name or None)
+    cfg = cfg.model_copy(update={"out": out})
+    runs.check(store, cfg, manifest.dataset_id)  # another run's folder: one line, before any job
     if req.cluster.backend == "local":
         _require("tensorflow", "train with backend=local", "cifarflow[train]")
         from cifarflow.train import trainer
@@ -325,28 +330,21 @@ def train(req: TrainRequest) -> ModelInfo:
 
 def train_config(req: TrainRequest, data: str, out: str) -> Any:
     """The trainer's configuration for this step; a bad parameter is one line naming it."""
-    from pydantic import ValidationError
+    from cifarflow.train.config import parse_config
 
-    from cifarflow.train.config import TrainConfig
-
-    fields = {"model": req.model, "epochs": req.epochs, "batch_size": req.batch_size, "seed": req.seed}
-    try:
-        return TrainConfig.model_validate(
-            {
-                "data": data,
-                "out": out,
-                **fields,
-                "evaluate": False,  # evaluation is the pipeline's next step
-                "s3_endpoint": req.cluster.s3_endpoint or None,
-            }
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = {"model": "model", "batch_size": "batch_size"}.get(str(first["loc"][0]), str(first["loc"][0]))
-        raise InputError(
-            f"pipeline parameter {name}={fields.get(name)!r} is invalid: {first['msg']}",
-            f"fix --param {name}=...",
-        ) from None
+    return parse_config(
+        {
+            "data": data,
+            "out": out,
+            "model": req.model,
+            "epochs": req.epochs,
+            "batch_size": req.batch_size,
+            "seed": req.seed,
+            "evaluate": False,  # evaluation is the pipeline's next step
+            "s3_endpoint": req.cluster.s3_endpoint or None,
+        },
+        option=lambda name, value: f"pipeline parameter {name}={value!r}",
+    )
 
 
 @step
@@ -356,8 +354,9 @@ def evaluate(*, dataset_url: str, model_url: str, s3_endpoint: str) -> Evaluatio
     from cifarflow.train import evaluate as ev
 
     store = make_store(s3_endpoint)
-    out = join(model_url, "evaluation")
-    result = ev.evaluate(dataset_url, model_url, out, store=store)
+    result = ev.evaluate(
+        dataset_url, model_url, model_url, store=store
+    )  # next to the model, as `cifarflow run`
     return _evaluation(result, store)
 
 
@@ -528,7 +527,10 @@ def _train_on_k8s(req: TrainRequest, data: str, out: str) -> None:
     if job.gpus_per_worker >= 0:
         train["gpus"] = job.gpus_per_worker
     settings = k8s_settings(req.cluster, **({"images_from_cluster": False} if job.image else {}), train=train)
-    result = launch_train(settings, req.cluster.run_id, data=data, out=out, extra_args=train_arguments(req))
+    # Named by the run and its folder (job_name digests the whole id): a retried step, or a later pipeline run with
+    # the same settings, re-attaches to the job that trains this model instead of starting a second one.
+    job_id = f"{basename(out)}-{out}"
+    result = launch_train(settings, job_id, data=data, out=out, extra_args=train_arguments(req))
     log.info("TFJob %s/%s %s in %.0f s", result.namespace, result.name, result.state, result.seconds)
 
 

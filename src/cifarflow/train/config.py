@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cifarflow.errors import InputError
 
@@ -17,11 +18,55 @@ Switch = Literal["auto", "on", "off"]
 MODEL_DEFAULTS: dict[str, tuple[int, float]] = {"resnet20": (16, 0.1), "resnet9": (64, 0.1)}
 REFERENCE_BATCH = 128
 
+# Fields that say where or how a run executes, not what it computes: they do not name the run. (Mixed
+# precision and XLA are hardware choices: "auto" follows the GPU, and both kinds of run share checkpoints.)
+NOT_DEFINING = frozenset(
+    {
+        "data",
+        "out",
+        "s3_endpoint",
+        "evaluate",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "mixed_precision",
+        "xla",
+    }
+)
+
+
+# What to do about a refused value, by field (the bounds themselves are in TrainConfig).
+FIXES = {
+    "depth": "use 6n+2 layers: 8, 14, 20, 32, 44, 56 or 110",
+    "lr": "give a finite learning rate above 0 (e.g. 0.05), or leave it out for 0.1 x batch/128",
+    "warmup": "give a share of the steps in [0, 1), e.g. 0.15",
+    "momentum": "give a value in [0, 1), e.g. 0.9",
+    "label_smoothing": "give a value in [0, 1), e.g. 0.1",
+}
+
+
+def cli_option(name: str, value: Any) -> str:
+    """How a field is given on the command line: ``batch_size`` -> ``--batch-size 0``."""
+    return f"--{name.replace('_', '-')} {value}"
+
+
+def parse_config(values: Mapping[str, Any], *, option: Callable[[str, Any], str] = cli_option) -> TrainConfig:
+    """A :class:`TrainConfig` from user input; a refused value is one :class:`InputError` naming its option."""
+    try:
+        return TrainConfig.model_validate(dict(values))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "config"
+        raise InputError(
+            f"{option(name, values.get(name))} is invalid: {first['msg'][0].lower()}{first['msg'][1:]}",
+            FIXES.get(name, "pass a value within the bound above"),
+        ) from None
+
 
 class TrainConfig(BaseModel):
     """A training run. ``data`` is a committed dataset folder (or its manifest), ``out`` the model URL."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN passes every bound check (all comparisons are false) and inf passes `gt`: refuse both.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     data: str
     out: str
@@ -61,10 +106,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.model == "resnet20" and (self.depth - 2) % 6 != 0:
-            raise InputError(
-                f"--depth {self.depth} is not a CIFAR ResNet depth",
-                "use 6n+2 layers: 8, 14, 20, 32, 44, 56 or 110",
-            )
+            raise InputError(f"--depth {self.depth} is not a CIFAR ResNet depth", FIXES["depth"])
         return self
 
     @property
@@ -86,6 +128,20 @@ class TrainConfig(BaseModel):
     def fingerprint(self, num_classes: int) -> str:
         key = json.dumps(self.architecture(num_classes), sort_keys=True).encode()
         return hashlib.sha256(key).hexdigest()[:16]
+
+    def defining(self) -> dict[str, Any]:
+        """What the trained model depends on, defaults resolved (no --lr and the default --lr are one run)."""
+        values = self.model_dump(mode="json", exclude=set(NOT_DEFINING))
+        values.update(width=self.base_width, lr=self.peak_lr)
+        if self.model != "resnet20":
+            values.pop("depth")  # only the ResNet-20 family has a depth
+        return values
+
+    def run_name(self, dataset_id: str) -> str:
+        """``<model>-<10 hex>``: the same settings on the same dataset are the same run (and resume it)."""
+        from cifarflow.k8s.names import spec_hash
+
+        return f"{self.model}-{spec_hash({'dataset': dataset_id, **self.defining()})[:10]}"
 
     def public(self) -> dict[str, Any]:
         """The configuration as recorded next to the model (no endpoints: they are deployment details)."""

@@ -30,13 +30,14 @@ from typing import Any, Protocol
 
 from cifarflow.errors import InputError, JobError, StorageError, unmark
 from cifarflow.storage import StorageConfig, Store, join, redact
+from cifarflow.train import runs
 from cifarflow.train.config import TrainConfig
 from cifarflow.train.distribute import Role, make_strategy, role_from_env
 from cifarflow.train.source import DataSource, open_source
 
 log = logging.getLogger(__name__)
 
-TRAINING_JSON = "training.json"
+TRAINING_JSON = runs.TRAINING_JSON
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
@@ -89,6 +90,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None) -> TrainResult:
     # Everything a user can get wrong is checked before TensorFlow starts.
     source = open_source(store, cfg.data)
     check_output(store, cfg.out)
+    runs.check(store, cfg, source.manifest.dataset_id)
     role = role_from_env()
     strategy = make_strategy(role)  # first TensorFlow call: the multi-worker runtime must start before any op
     trainer = Trainer(cfg, source=source, store=store, role=role, strategy=strategy, hooks=hooks)
@@ -259,6 +261,8 @@ class Trainer:
         started = time.perf_counter()
         saved = self.checkpoints.restore()
         start = int(self.step.numpy())
+        if self.role.is_chief:
+            runs.record(self.store, self.cfg, self.source.manifest.dataset_id)
         self._agree_on_start(start)
         history = self._load_history(start) if saved else []
         if saved:
