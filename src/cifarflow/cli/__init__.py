@@ -42,6 +42,7 @@ from cifarflow.cli import data as _data  # noqa: E402,F401
 from cifarflow.cli import k8s as _k8s  # noqa: E402,F401
 from cifarflow.cli import pipeline as _pipeline  # noqa: E402,F401
 from cifarflow.cli import run as _run  # noqa: E402,F401
+from cifarflow.cli import serve as _serve  # noqa: E402,F401
 from cifarflow.cli import train as _train  # noqa: E402,F401
 
 # typer >= 0.24 vendors click: its usage errors are not click's classes.

@@ -1,0 +1,1 @@
+"""Serving a trained model: the V2 inference protocol (``server``), the promotion gate (``promote``)."""
