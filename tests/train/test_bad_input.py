@@ -127,3 +127,88 @@ def test_parameter_server_tf_config(
     monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     line = run(train(tiny_dataset, tmp_path / "out"), capsys)
     assert "TF_CONFIG has parameter servers (ps)" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--depth", "7"], "--depth 7 is invalid: input should be greater than or equal to 8 (fix: use 6n+2"),
+        (["--depth", "9"], "--depth 9 is not a CIFAR ResNet depth (fix: use 6n+2"),
+        (
+            ["--lr", "nan"],
+            "--lr nan is invalid: input should be a finite number (fix: give a finite learning rate",
+        ),
+        (
+            ["--lr", "inf"],
+            "--lr inf is invalid: input should be a finite number (fix: give a finite learning rate",
+        ),
+        (
+            ["--lr", "-1"],
+            "--lr -1.0 is invalid: input should be greater than 0 (fix: give a finite learning rate",
+        ),
+    ],
+)
+def test_a_bad_training_option_is_one_line_naming_it(
+    option: list[str], expected: str, tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run(train(tiny_dataset, tmp_path / "out", *option), capsys)
+    assert line.startswith(f"error: {expected}"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_destination_that_is_a_file_is_one_line(
+    tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    for out in (file, file / "model"):
+        line = run(train(tiny_dataset, out), capsys)
+        assert f"--out {out} must be a folder, but {file} is a file (fix: point --out at a" in line
+    (tmp_path / "model").mkdir()
+    line = run(
+        ["evaluate", "--data", tiny_dataset, "--model", str(tmp_path / "model"), "--out", str(file)], capsys
+    )
+    assert f"--out {file} must be a folder, but {file} is a file" in line
+    assert file.read_text() == "mine\n" and list((tmp_path / "model").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_files(
+    tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from the filesystem (half a file written, then the error) while uploading a checkpoint, then
+    while uploading the SavedModel: one line each; a rerun on a disk with room resumes and finishes."""
+    import errno
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    copy_file = LocalFileSystem.cp_file
+    full: list[str] = []  # path fragments whose writes hit a full disk
+
+    def cp_file(self: LocalFileSystem, path1: str, path2: str, **kw: object) -> None:
+        if any(part in path2 for part in full):
+            with open(path1, "rb") as src, open(path2, "wb") as dst:
+                dst.write(src.read()[: 1 << 10])
+            raise OSError(errno.ENOSPC, "No space left on device", path2)
+        copy_file(self, path1, path2, **kw)
+
+    monkeypatch.setattr(LocalFileSystem, "cp_file", cp_file)
+    out = tmp_path / "model"
+    args = train(tiny_dataset, out, "--depth", "8", "--width", "4", "--no-evaluate")
+    expected = f"error: no space left writing {out}/"
+
+    full[:] = ["/checkpoints/ckpt-"]
+    assert run(args, capsys).startswith(expected)
+    assert not list(out.glob("checkpoints/*"))  # the checkpoint cut short is gone, nothing was committed
+
+    full[:] = ["/saved_model/"]
+    assert run(args, capsys).startswith(expected)
+    assert not (out / "saved_model").exists()
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 512 // 32
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+    full[:] = []
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 0
+    assert (out / "saved_model" / "saved_model.pb").is_file()

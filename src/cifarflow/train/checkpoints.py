@@ -13,11 +13,13 @@ filesystem plugins) and the others delete theirs. A checkpoint a crash cut short
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,17 @@ class Saved:
     epoch: float
     architecture: str  # TrainConfig.fingerprint: checkpoints of another architecture cannot be restored
     batch_size: int  # the global batch fixes what a step is: resuming with another would shift the epochs
+
+
+@contextlib.contextmanager
+def removed_on_failure(store: Store, url: str) -> Iterator[None]:
+    """An upload cut short (a full disk, a lost connection) leaves nothing behind at ``url``."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.remove(url, recursive=True)
+        raise
 
 
 class BucketCheckpoints:
@@ -120,8 +133,9 @@ class BucketCheckpoints:
             if not self.is_chief:
                 return
             remote = join(self.url, name)
-            for file in sorted(os.listdir(folder)):
-                self.store.put_file(os.path.join(folder, file), join(remote, file))
+            with removed_on_failure(self.store, remote):
+                for file in sorted(os.listdir(folder)):
+                    self.store.put_file(os.path.join(folder, file), join(remote, file))
             marker = Saved(name, step, epoch, self.architecture, self.batch_size)
             self.store.write_text(join(self.url, LATEST), json.dumps(marker.__dict__, indent=2) + "\n")
             log.info("checkpoint %s saved to %s", name, redact(remote))

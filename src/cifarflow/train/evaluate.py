@@ -98,8 +98,10 @@ def evaluate(data: str, model: str, out: str, *, store: Store) -> EvalResult:
     source = open_source(store, data)
     if not source.has("test"):
         raise InputError(f"dataset {source.manifest.dataset_id} has no test images", "re-run preprocess")
-    store.check_reachable(out)
     from cifarflow.train import export, report
+    from cifarflow.train.trainer import check_output
+
+    check_output(store, out)
 
     training = _training_record(store, model)
     with export.downloaded(store, model) as local:

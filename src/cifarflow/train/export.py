@@ -69,10 +69,13 @@ def export(model: keras.Model, class_names: list[str], store: Store, model_url: 
 
 def upload_folder(store: Store, local: str, url: str) -> None:
     """Replace ``url`` with the folder ``local``; the files that mark a SavedModel complete go up last."""
+    from cifarflow.train.checkpoints import removed_on_failure
+
     store.remove(url, recursive=True)
     files = [os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs]
-    for rel in sorted(files, key=lambda r: (r in LAST, r)):
-        store.put_file(os.path.join(local, rel), join(url, rel.replace(os.sep, "/")))
+    with removed_on_failure(store, url):
+        for rel in sorted(files, key=lambda r: (r in LAST, r)):
+            store.put_file(os.path.join(local, rel), join(url, rel.replace(os.sep, "/")))
 
 
 @contextmanager
