@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from cifarflow.storage import Store
-from cifarflow.train import evaluate, report, source
+from cifarflow.train import arrays, evaluate, report, source
 
 from .conftest import CLASSES
+from .test_bad_input import run
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -62,3 +65,39 @@ def test_report_is_one_self_contained_page(tiny_dataset: str) -> None:
     )
     assert page.count("data:image/png;base64,") == 3  # curves, confusion matrix, image grid
     assert "2 worker(s), 2 replica(s)" in page and "class9" in page and "<script" not in page
+
+
+@pytest.fixture(scope="module")
+def cifar10_model(tiny_dataset: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A (barely) trained 10-class model."""
+    pytest.importorskip("tensorflow")
+    from cifarflow.cli import main
+
+    out = str(tmp_path_factory.mktemp("c10") / "model")
+    args = ["train", "--data", tiny_dataset, "--out", out, "--epochs", "1", "--batch-size", "64"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--depth", "8", "--width", "4", "--no-evaluate"])
+    assert done.value.code == 0
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [
+        (100, [f"fine{i}" for i in range(100)], "predicts 10 classes, dataset ds-other has 100"),
+        (10, [*CLASSES[:3], "cat", *CLASSES[4:]], "(class 3: 'class3' there, 'cat' here)"),
+    ],
+)
+def test_a_model_is_not_scored_on_other_classes(
+    cifar10_model: str, case: tuple[int, list[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CIFAR-10 model on CIFAR-100 used to exit 0 with accuracy 0.026; other class names are as wrong."""
+    classes, names, expected = case
+    splits = {s: arrays.synthetic(200, classes=classes, seed=i) for i, s in enumerate(("train", "test"))}
+    data = arrays.write(Store(), str(tmp_path / "ds"), splits, class_names=names, dataset_id="ds-other")
+    out = tmp_path / "eval"
+    line = run(["evaluate", "--data", data, "--model", cifar10_model, "--out", str(out)], capsys)
+    assert line.startswith(f"error: the model at {cifar10_model} ") and expected in line
+    assert "(fix: evaluate it on a dataset with the classes it was trained on" in line
+    assert not out.exists()

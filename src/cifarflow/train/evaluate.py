@@ -106,6 +106,7 @@ def evaluate(data: str, model: str, out: str, *, store: Store) -> EvalResult:
     training = _training_record(store, model)
     with export.downloaded(store, model) as local:
         fn = export.load_signature(local)
+        check_classes(fn, training, source, model)
         started = time.perf_counter()
         y_true, y_pred, sample = predict(fn, source, "test")
         seconds = time.perf_counter() - started
@@ -135,6 +136,31 @@ def evaluate(data: str, model: str, out: str, *, store: Store) -> EvalResult:
     )  # fmt: skip
     return EvalResult(
         metrics_url=metrics_url, report_url=report_url, accuracy=test["accuracy"], metrics=metrics
+    )
+
+
+def check_classes(fn: Any, training: dict[str, Any], source: DataSource, model: str) -> None:
+    """A model scores only the classes it was trained on: refuse a dataset with other classes (a CIFAR-10
+    model on CIFAR-100 would otherwise "score" a meaningless accuracy)."""
+    import tensorflow as tf
+
+    logits = fn(images=tf.zeros([1, 32, 32, 3], tf.uint8))["logits"]
+    trained = int(logits.shape[-1])
+    names = list(training.get("dataset", {}).get("class_names") or [])
+    wanted = source.class_names
+    if trained != len(wanted):
+        problem = f"predicts {trained} classes, dataset {source.manifest.dataset_id} has {len(wanted)}"
+    elif names and names != wanted:
+        first = next(i for i, (a, b) in enumerate(zip(names, wanted, strict=True)) if a != b)
+        problem = (
+            f"was trained on other classes than dataset {source.manifest.dataset_id} has "
+            f"(class {first}: {names[first]!r} there, {wanted[first]!r} here)"
+        )
+    else:
+        return
+    raise InputError(
+        f"the model at {redact(model)} {problem}",
+        "evaluate it on a dataset with the classes it was trained on (or train a model on this one)",
     )
 
 
