@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.conftest import cli  # noqa: F401  (the CLI in-process: exit code, stdout, stderr)
 from train.conftest import tiny_dataset  # noqa: F401  (the training tests' dataset fixture)
 from train.helpers import SMALL, Proc, free_port, start, wait_for
 

@@ -9,6 +9,7 @@ import typer
 
 from cifarflow.cli.common import S3Endpoint, app, make_store, out
 from cifarflow.cli.train import quiet_tensorflow
+from cifarflow.serve.promote import Decision
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +55,53 @@ def run_server(classifier: object, **options: int | str) -> None:
     settings = ServeOptions(**options)  # type: ignore[arg-type]
     out(f"url: http://127.0.0.1:{settings.port}/v2/models/{settings.name}")
     start(classifier, settings)  # type: ignore[arg-type]
+
+
+@app.command()
+def promote(
+    *,
+    model: ModelUrl,
+    min_accuracy: Annotated[
+        float, typer.Option("--min-accuracy", min=0.0, max=1.0, help="Floor: never promote below it.")
+    ] = 0.0,
+    tolerance: Annotated[
+        float,
+        typer.Option("--tolerance", min=0.0, max=1.0, help="Promote at the champion's accuracy minus this."),
+    ] = 0.0,
+    max_recall_drop: Annotated[
+        float, typer.Option("--max-recall-drop", min=0.0, max=1.0, help="Largest fall of any class's recall.")
+    ] = 0.10,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="The model's metrics.json (default: MODEL/metrics.json).")
+    ] = None,
+    champion: Annotated[
+        str | None,
+        typer.Option("--champion", help="The champion record (default: <...>/models/champion.json)."),
+    ] = None,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Make MODEL the champion if it beats the current one on the same test set (exit 1 when it does not)."""
+    quiet_tensorflow()
+    from cifarflow.serve.promote import promote as gate
+
+    decision = gate(
+        model,
+        store=make_store(s3_endpoint),
+        record_url=champion,
+        metrics_url=metrics,
+        min_accuracy=min_accuracy,
+        tolerance=tolerance,
+        max_recall_drop=max_recall_drop,
+    )
+    print_decision(decision)
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+def print_decision(decision: Decision) -> None:
+    out(f"promoted: {str(decision.promoted).lower()}")
+    out(f"reason: {decision.reason}")
+    out(f"test_accuracy: {decision.challenger.accuracy:.4f}")
+    if decision.champion is not None:
+        out(f"champion_accuracy: {decision.champion.accuracy:.4f}")
+    out(f"champion_record: {decision.record_url}")
