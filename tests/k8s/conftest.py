@@ -15,7 +15,7 @@ import yaml
 from cifarflow.k8s.client import Kube, connect
 from cifarflow.k8s.settings import K8sSettings, WatchSettings
 
-from .fakeapi import FakeApiServer, FakeCluster
+from .fakeapi import FakeApiServer, FakeCluster, load_crds
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared"
@@ -29,6 +29,13 @@ FAST = K8sSettings(watch=WatchSettings(timeout_s=15, window_s=0.2, log_tail_line
 def needs_crds() -> None:
     if not CRDS.is_dir():
         pytest.skip("CRD schemas not found in ../shared/crds or .cache/crds (fix: make crds)")
+
+
+def crd_errors(plural: str, obj: dict[str, Any]) -> list[str]:
+    """Schema violations of ``obj`` against the served CRD of that plural (the files in ../shared/crds)."""
+    needs_crds()
+    crd = next(c for (_, p), c in load_crds(CRDS).items() if p == plural)
+    return [e.message for e in crd.validator.iter_errors(obj)]
 
 
 @dataclass
@@ -50,6 +57,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
         yield Api(server, cluster, tmp_path)
     finally:
         server.stop()
+    # The scenarios play the operators: every status they write must be one the real API server accepts.
+    assert cluster.rejected_status == [], cluster.rejected_status
 
 
 OVERLAYS = ("minikube", "gke")

@@ -7,9 +7,15 @@ pod logs, and Secrets (get, create). On top of it:
 - **RBAC**: bearer tokens map to service accounts; Roles and RoleBindings (loaded from the rendered
   ``k8s/base``) decide each request, with the real API server's 403 ``Status`` body when they do not allow it.
   Every request is recorded as (verb, apiGroup, resource) so a test can compare what was used with what was
-  granted.
-- **Schema**: created custom objects are validated against the CRDs' ``openAPIV3Schema`` (422 when invalid),
-  like the real server's structural validation.
+  granted. 403 messages name the resource as ``plural.group``, as the real server's do.
+- **What kube-apiserver does to a custom object** (``structural.py``): unknown fields are pruned with a
+  ``Warning: unknown field "spec.x"`` header, or refused with a 400 under ``fieldValidation=Strict``; CRD
+  defaults are applied; ``metadata.name`` must be an RFC 1123 subdomain; schema violations are a 422 whose
+  message and ``details.causes`` list every error. Creates in a namespace that does not exist are a 404 naming
+  ``namespaces``; an API group no CRD serves is the plain-text ``404 page not found``. Status writes by the
+  controller are validated against the status schema and refused (recorded in ``rejected_status``) when the
+  real server would refuse them. CEL rules are not evaluated.
+- **Logs**: a pod that has not started has an empty log (200), a pod that does not exist is a 404.
 - **Controller**: after a SparkApplication or TFJob is created, a scenario plays the status changes and pods
   the operators would produce (see ``scenarios.py``).
 """
@@ -33,6 +39,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import yaml
+
+from . import structural
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str, str]  # (group, plural, namespace, name)
@@ -108,15 +116,37 @@ class Rbac:
 Step = tuple[float, Callable[["FakeCluster", Key], None]]
 
 
+@dataclass(frozen=True)
+class Crd:
+    """One served custom resource: what the API server needs to default, prune and validate it."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    schema: Obj
+    validator: jsonschema.protocols.Validator
+
+
 @functools.cache
-def load_validators(crd_dir: Path) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    """(group, plural) -> a validator for the CRD's schema; parsed once per session (the files are large)."""
+def load_crds(crd_dir: Path) -> dict[tuple[str, str], Crd]:
+    """(group, plural) -> its CRD; parsed once per session (the files are large)."""
     out = {}
     for path in sorted(crd_dir.glob("*.yaml")):
         crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        for version in crd["spec"]["versions"]:
-            key = (crd["spec"]["group"], crd["spec"]["names"]["plural"])
-            out[key] = jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            out[(spec["group"], spec["names"]["plural"])] = Crd(
+                spec["group"],
+                version["name"],
+                spec["names"]["plural"],
+                spec["names"]["kind"],
+                spec.get("scope") == "Namespaced",
+                schema,
+                jsonschema.Draft7Validator(schema),
+            )
     return out
 
 
@@ -138,10 +168,17 @@ class FakeCluster:
         self.rbac: Rbac | None = None
         self.scenarios: dict[str, list[Step]] = {}
         self.default_scenario: Callable[[str, str], list[Step]] | None = None
-        self.validators: dict[tuple[str, str], jsonschema.protocols.Validator] = {}
+        self.crds: dict[tuple[str, str], Crd] = {}
+        # Namespaces that exist: a create anywhere else is refused (NamespaceLifecycle admission).
+        self.namespaces: set[str] = {"cifarflow", "kubeflow", "default", "kube-system"}
+        # Status writes the real server would refuse (the scenarios must not make any; tests check).
+        self.rejected_status: list[str] = []
         self.closing = False
         if crd_dir is not None and crd_dir.is_dir():
-            self.validators.update(load_validators(crd_dir))
+            self.crds.update(load_crds(crd_dir))
+
+    def installed_groups(self) -> set[str]:
+        return {group for group, _ in self.crds}
 
     # -- set-up by tests -------------------------------------------------------------------------------------
     def use_rbac(self, manifests: list[Obj], tokens: dict[str, str]) -> None:
@@ -169,13 +206,31 @@ class FakeCluster:
             self._emit(key, event, obj)
             return obj
 
-    def update_status(self, key: Key, status: Obj) -> None:
+    def update_status(self, key: Key, status: Obj) -> bool:
+        """The operator's write to the /status subresource: pruned and validated against the CRD's status
+        schema like the real server does; a status it would refuse is recorded and not stored."""
         with self.lock:
             obj = self.objects.get(key)
             if obj is None:
-                return
-            obj["status"] = {**obj.get("status", {}), **status}
+                return False
+            candidate = json.loads(json.dumps(obj))
+            candidate["status"] = {**obj.get("status", {}), **status}
+            crd = self.crds.get((key[0], key[1]))
+            if crd is not None:
+                status_schema = crd.schema.get("properties", {}).get("status", {})
+                structural.prune(candidate["status"], status_schema, "status")
+                structural.apply_defaults(candidate["status"], status_schema)
+                errors = [
+                    c for c in structural.causes(candidate, crd.validator) if c["field"].startswith("status")
+                ]
+                if errors:
+                    self.rejected_status.append(
+                        structural.invalid_message(crd.kind, crd.group, key[3], errors)
+                    )
+                    return False
+            obj["status"] = candidate["status"]
             self._emit(key, "MODIFIED", obj)
+            return True
 
     def remove(self, key: Key) -> Obj | None:
         with self.lock:
@@ -249,12 +304,15 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing ------------------------------------------------------------------------------------------
-    def _send(self, code: int, body: Obj | str) -> None:
+    def _send(self, code: int, body: Obj | str, warnings: list[str] | None = None) -> None:
         data = body if isinstance(body, str) else json.dumps(body)
         raw = data.encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
         self.send_header("Content-Length", str(len(raw)))
+        for text in warnings or []:
+            # RFC 7234 warn-code 299, as kube-apiserver sends them (kubectl prints "Warning: <text>").
+            self.send_header("Warning", '299 - "' + text.replace('"', '\\"') + '"')
         self.end_headers()
         self.wfile.write(raw)
 
@@ -277,19 +335,35 @@ class Handler(BaseHTTPRequestHandler):
             self.cluster.requests.append(req)
         rbac = self.cluster.rbac
         if subject != "admin" and rbac is not None and not rbac.allows(req):
-            in_group = f' in API group "{group}"'
+            # The real message names the resource as plural.group (core: plural), and the object if any.
+            base = resource.split("/", 1)[0]
+            what = f"{base}.{group}" if group else base
+            if name:
+                what += f' "{name}"'
             self._send(
                 403,
                 status_body(
                     403,
                     "Forbidden",
-                    f'{resource} "{name or ""}" is forbidden: User "{subject}" cannot {verb} resource '
-                    f'"{resource}"{in_group} in the namespace "{ns}"',
-                    {"name": name or "", "group": group, "kind": resource},
+                    f'{what} is forbidden: User "{subject}" cannot {verb} resource "{resource}" in API group '
+                    f'"{group}" in the namespace "{ns}"',
+                    {"name": name or "", "group": group, "kind": base},
                 ),
             )
             return False
         return True
+
+    def _served(self, group: str, plural: str) -> bool:
+        """False (and the real server's answer sent) when no CRD serves this resource."""
+        c = self.cluster
+        if not c.crds or (group, plural) in c.crds:
+            return True
+        if group not in c.installed_groups():
+            # No such API group at all: the aggregator's plain-text 404, not a Status.
+            self._send(404, "404 page not found\n")
+        else:
+            self._send(404, status_body(404, "NotFound", "the server could not find the requested resource"))
+        return False
 
     def _route(self) -> tuple[str, Obj, dict[str, list[str]]]:
         parts = urlsplit(self.path)
@@ -308,6 +382,8 @@ class Handler(BaseHTTPRequestHandler):
         c = self.cluster
         if kind == "custom":
             group, plural, ns, name = m["group"], m["plural"], m["ns"], m["name"]
+            if not self._served(group, plural):
+                return
             if name:
                 if not self._authorize("get", group, plural, ns, name):
                     return
@@ -346,9 +422,12 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 with c.lock:
                     text = c.logs.get((ns, name))
-                if text is None:
+                    exists = (ns, name) in c.pods
+                if text is None and not exists:
                     self._send(404, self._not_found("", "pods", name))
                     return
+                # A pod whose container has not started yet has an empty log, not an error.
+                text = text or ""
                 tail = int(q.get("tailLines", ["0"])[0] or 0)
                 lines = text.splitlines(keepends=True)
                 self._send(200, "".join(lines[-tail:] if tail else lines))
@@ -380,49 +459,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(404, status_body(404, "NotFound", "the server could not find the requested resource"))
 
     def do_POST(self) -> None:
-        kind, m, _ = self._route()
+        kind, m, q = self._route()
         c = self.cluster
         body = self._body()
         if kind == "custom" and not m["name"]:
-            group, plural, ns = m["group"], m["plural"], m["ns"]
-            name = body.get("metadata", {}).get("name", "")
-            if not self._authorize("create", group, plural, ns, None):
-                return
-            validator = c.validators.get((group, plural))
-            if c.validators and validator is None:
-                # The CRD is not installed: what the real server answers for an unknown resource.
-                self._send(
-                    404, status_body(404, "NotFound", "the server could not find the requested resource")
-                )
-                return
-            if validator is not None:
-                error = jsonschema.exceptions.best_match(validator.iter_errors(body))
-                if error is not None:
-                    self._send(
-                        422, status_body(422, "Invalid", f"{plural} {name!r} is invalid: {error.message}")
-                    )
-                    return
-            key = (group, plural, ns, name)
-            with c.lock:
-                if key in c.objects:
-                    self._send(
-                        409,
-                        status_body(
-                            409,
-                            "AlreadyExists",
-                            f'{plural} "{name}" already exists',
-                            {"name": name, "group": group, "kind": plural},
-                        ),
-                    )
-                    return
-                meta = body.setdefault("metadata", {})
-                meta.update(
-                    {"namespace": ns, "uid": f"uid-{name}", "creationTimestamp": now(), "generation": 1}
-                )
-                obj = c.put(key, body)
-                reply = json.loads(json.dumps(obj))
-            c.start_controller(key)
-            self._send(201, reply)
+            self._create_custom(m["group"], m["plural"], m["ns"], body, q)
             return
         if kind == "core" and m["plural"] == "secrets" and not m["name"]:
             ns = m["ns"]
@@ -439,13 +480,68 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(404, status_body(404, "NotFound", "the server could not find the requested resource"))
 
+    def _create_custom(self, group: str, plural: str, ns: str, body: Obj, q: dict[str, list[str]]) -> None:
+        """Create as kube-apiserver does: authorize, decode (prune unknown fields: a warning, or 400 under
+        fieldValidation=Strict), admit (the namespace must exist), default, validate (422 listing every
+        error), store (409 if the name is taken)."""
+        c = self.cluster
+        name = body.get("metadata", {}).get("name", "")
+        if not self._served(group, plural) or not self._authorize("create", group, plural, ns, None):
+            return
+        crd = c.crds.get((group, plural))
+        warnings: list[str] = []
+        if crd is not None:
+            dropped = structural.prune_object(body, crd.schema)
+            warnings = [f'unknown field "{path}"' for path in dropped]
+            if dropped and q.get("fieldValidation", [""])[0] == "Strict":
+                fields = ", ".join(warnings)
+                message = (
+                    f'{crd.kind} in version "{crd.version}" cannot be handled as a {crd.kind}: strict decoding '
+                    f"error: {fields}"
+                )
+                self._send(400, status_body(400, "BadRequest", message))
+                return
+        with c.lock:
+            namespace_exists = ns in c.namespaces
+        if not namespace_exists:
+            details = {"name": ns, "kind": "namespaces"}
+            self._send(404, status_body(404, "NotFound", f'namespaces "{ns}" not found', details))
+            return
+        if crd is not None:
+            structural.apply_defaults(body, crd.schema)
+            found = structural.causes(body, crd.validator)
+            if found:
+                details = {"name": name, "group": group, "kind": crd.kind, "causes": found}
+                message = structural.invalid_message(crd.kind, group, name, found)
+                self._send(422, status_body(422, "Invalid", message, details))
+                return
+        key = (group, plural, ns, name)
+        with c.lock:
+            if key in c.objects:
+                self._send(
+                    409,
+                    status_body(
+                        409,
+                        "AlreadyExists",
+                        f'{plural}.{group} "{name}" already exists',
+                        {"name": name, "group": group, "kind": plural},
+                    ),
+                )
+                return
+            meta = body.setdefault("metadata", {})
+            meta.update({"namespace": ns, "uid": f"uid-{name}", "creationTimestamp": now(), "generation": 1})
+            obj = c.put(key, body)
+            reply = json.loads(json.dumps(obj))
+        c.start_controller(key)
+        self._send(201, reply, warnings)
+
     def do_DELETE(self) -> None:
         kind, m, _ = self._route()
         c = self.cluster
         self._body()
         if kind == "custom" and m["name"]:
             group, plural, ns, name = m["group"], m["plural"], m["ns"], m["name"]
-            if not self._authorize("delete", group, plural, ns, name):
+            if not self._served(group, plural) or not self._authorize("delete", group, plural, ns, name):
                 return
             obj = c.remove((group, plural, ns, name))
             if obj is None:

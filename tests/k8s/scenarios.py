@@ -69,6 +69,10 @@ def _image(cluster: FakeCluster, key: Key) -> str:
 def spark_state(state: str, message: str = "", **status: Any) -> Step:
     def act(cluster: FakeCluster, key: Key) -> None:
         body: Obj = {"applicationState": {"state": state, **({"errorMessage": message} if message else {})}}
+        if "driverInfo" not in cluster.objects[key].get("status", {}):
+            # The operator always writes driverInfo (a Go struct, not omitempty; the CRD requires it): empty
+            # until a driver pod exists.
+            body["driverInfo"] = {}
         cluster.update_status(key, body | status)
 
     return (TICK, act)
@@ -309,3 +313,80 @@ def tf_unschedulable(name: str) -> list[Step]:
         cluster.set_pod(key[2], p, name)
 
     return [tf_condition("Created", "TFJobCreated"), (0.0, act)]
+
+
+# -- TrainJob (Kubeflow Trainer v2.3.0 on JobSet) ---------------------------------------------------------------
+# Conditions Created/Suspended/Complete/Failed (each with reason, message, lastTransitionTime: the status schema
+# requires them); running shows as status.jobsStatus[].active. Pods of the one replicated job `node` are
+# `<name>-node-0-<i>-<suffix>`, labelled by JobSet and the Job controller; container `node`.
+def tj_condition(kind: str, reason: str, message: str = "") -> Step:
+    def act(cluster: FakeCluster, key: Key) -> None:
+        obj = cluster.objects[key]
+        conditions = [c for c in obj.get("status", {}).get("conditions", []) if c["type"] != kind]
+        conditions.append(
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": message or reason,
+                "lastTransitionTime": now(),
+            }
+        )
+        cluster.update_status(key, {"conditions": conditions})
+
+    return (TICK, act)
+
+
+def tj_jobs(active: int = 0, succeeded: int = 0, failed: int = 0) -> Step:
+    def act(cluster: FakeCluster, key: Key) -> None:
+        counts = {"active": active, "ready": active, "succeeded": succeeded, "failed": failed, "suspended": 0}
+        cluster.update_status(key, {"jobsStatus": [{"name": "node", **counts}]})
+
+    return (TICK, act)
+
+
+def tj_node(index: int, phase: str, state: Obj, log: str | None = None, **extra: Any) -> Step:
+    def act(cluster: FakeCluster, key: Key) -> None:
+        name = key[3]
+        labels = {
+            "jobset.sigs.k8s.io/jobset-name": name,
+            "jobset.sigs.k8s.io/replicatedjob-name": "node",
+            "jobset.sigs.k8s.io/job-index": "0",
+            "batch.kubernetes.io/job-completion-index": str(index),
+            "trainer.kubeflow.org/trainjob-ancestor-step": "trainer",
+        }
+        image = cluster.objects[key]["spec"]["trainer"]["image"]
+        p = pod(f"{name}-node-0-{index}-x7k2p", labels, "node", image, phase=phase, state=state, **extra)
+        cluster.set_pod(key[2], p, name, log)
+
+    return (0.0, act)
+
+
+def tj_success(name: str, log: str) -> list[Step]:
+    return [
+        tj_node(0, "Running", RUNNING),
+        tj_node(1, "Running", RUNNING),
+        tj_jobs(active=1),
+        tj_node(0, "Succeeded", terminated(0, "Completed"), log=log),
+        tj_node(1, "Succeeded", terminated(0, "Completed"), log=""),
+        tj_jobs(succeeded=1),
+        tj_condition("Complete", "JobsCompleted", "jobset completed successfully"),
+    ]
+
+
+def tj_failed(name: str, log: str) -> list[Step]:
+    return [
+        tj_node(0, "Running", RUNNING),
+        tj_jobs(active=1),
+        tj_node(0, "Failed", terminated(2, "Error"), log=log),
+        tj_jobs(failed=1),
+        tj_condition("Failed", "FailedJobs", "jobset failed: job node-0 failed (PodFailurePolicy)"),
+    ]
+
+
+def tj_forever(name: str) -> list[Step]:
+    return [tj_node(0, "Running", RUNNING), tj_jobs(active=1)]
+
+
+def tj_suspended(name: str) -> list[Step]:
+    return [tj_condition("Suspended", "Suspended", "TrainJob is suspended")]

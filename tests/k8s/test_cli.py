@@ -83,7 +83,7 @@ def test_render_prints_an_overlay(
 def test_render_an_unknown_overlay(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["k8s", "render", "--overlay", "prod", "--dir", str(REPO / "k8s")], capsys)
     assert code == 2
-    assert err.strip() == "error: no overlay named 'prod' (fix: use one of: gke, minikube)"
+    assert err.strip() == "error: no overlay named 'prod' for trainer v1 (fix: use one of: gke, minikube)"
 
 
 def test_generate_check_passes_on_the_committed_tree(capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,3 +151,35 @@ def test_train_backend_k8s_forwards_the_options_the_user_set(
         "resnet9",
         "--no-evaluate",
     ]
+
+
+def test_render_trainer_v2_prints_the_trainjob_and_the_runtime(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    code, out, _ = run(["k8s", "render", "--overlay", "gke", "--trainer", "v2"], capsys)
+    assert code == 0
+    assert "kind: TrainJob" in out and "kind: ClusterTrainingRuntime" in out and "kind: TFJob" not in out
+
+
+def test_train_backend_k8s_follows_the_trainer_setting(
+    cluster_env: Api, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFARFLOW_K8S_TRAINER", "trainjob")
+    cluster_env.cluster.default_scenario = lambda plural, name: sc.tj_success(name, "model: s3://b/m\n")
+    code, out, _ = run(["train", "--data", "s3://b/ds/3f2a", "--out", "s3://b/m", "--backend", "k8s"], capsys)
+    assert code == 0
+    assert out.splitlines()[0].startswith("job: TrainJob/cifarflow-train-")
+    assert out.splitlines()[1:] == ["state: Complete", "model: s3://b/m"]
+    assert [k[1] for k in cluster_env.cluster.objects] == ["trainjobs"]
+
+
+def test_a_missing_namespace_is_named_not_taken_for_a_missing_crd(
+    cluster_env: Api, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFARFLOW_K8S_NAMESPACE", "ml-team")
+    code, _, err = run(["train", "--data", "s3://b/ds/3f2a", "--out", "s3://b/m", "--backend", "k8s"], capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: namespace ml-team does not exist (fix: ")
+    assert "not installed" not in line

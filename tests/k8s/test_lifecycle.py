@@ -194,8 +194,8 @@ def test_rbac_refusal_is_one_clear_error(api: Api) -> None:
 
 
 def test_missing_operator_is_named(api: Api) -> None:
-    api.cluster.validators.pop(("kubeflow.org", "tfjobs"), None)
-    if not api.cluster.validators:
+    api.cluster.crds.pop(("kubeflow.org", "tfjobs"), None)
+    if not api.cluster.crds:
         pytest.skip("needs the CRDs in ../shared/crds to know which kinds are installed")
     with pytest.raises(JobError) as err:
         train(api)

@@ -76,6 +76,14 @@ def test_the_launcher_role_is_exactly_what_the_launchers_use(
         api.kube().create(kind, doc)
     api.cluster.scenario(names.job_name("train", "d"), sc.tf_success(names.job_name("train", "d"), ""))
     fit("d", FAST.model_copy(update={"images_from_cluster": True}))
+    # Trainer v2: a failed TrainJob (leader's log read), then the retry that deletes it and submits again
+    v2 = FAST.model_copy(update={"trainer": "trainjob"})
+    name = names.job_name("train", "e")
+    api.cluster.scenario(name, sc.tj_failed(name, "error: boom\n"))
+    with pytest.raises(K8sJobError):
+        fit("e", v2)
+    api.cluster.scenario(name, sc.tj_success(name, ""))
+    fit("e", v2)
 
     assert not [r for r in api.cluster.requests if r.subject == RUNNER and r.namespace != "cifarflow"]
     assert used(api, RUNNER) == granted(docs, "cifarflow-launcher", "cifarflow")

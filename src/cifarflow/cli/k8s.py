@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -54,17 +55,36 @@ def kustomize(path: Path) -> str:
     return proc.stdout
 
 
+class Trainer(StrEnum):
+    v1 = "v1"
+    v2 = "v2"
+
+
+TrainerOption = typer.Option(
+    Trainer.v1,
+    "--trainer",
+    help="v1: TFJob (Training Operator v1.9); v2: TrainJob + the TensorFlow ClusterTrainingRuntime "
+    "(Kubeflow Trainer v2.3, Kubernetes >= 1.31).",
+)
+# Where each trainer's variant of an overlay lives: v2 = the overlay + the trainer-v2 component.
+TRAINER_DIRS = {Trainer.v1: "overlays", Trainer.v2: "trainer-v2"}
+
+
 @k8s_app.command()
 def render(
     overlay: str = typer.Option(..., "--overlay", help="An overlay under k8s/overlays/ (minikube, gke)."),
+    trainer: Trainer = TrainerOption,
     root: Path | None = K8sDir,
 ) -> None:
     """Print the manifests an overlay deploys (``kubectl kustomize``)."""
     base = k8s_root(root)
-    path = base / "overlays" / overlay
+    folder = base / TRAINER_DIRS[trainer]
+    path = folder / overlay
     if not (path / "kustomization.yaml").is_file():
-        known = sorted(p.name for p in (base / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-        raise InputError(f"no overlay named {overlay!r}", f"use one of: {', '.join(known)}")
+        known = sorted(p.name for p in folder.iterdir() if (p / "kustomization.yaml").is_file())
+        raise InputError(
+            f"no overlay named {overlay!r} for trainer {trainer.value}", f"use one of: {', '.join(known)}"
+        )
     sys.stdout.write(kustomize(path))
 
 
@@ -73,21 +93,23 @@ def generate(
     check: bool = typer.Option(False, "--check", help="Fail if the committed files differ; write nothing."),
     root: Path | None = K8sDir,
 ) -> None:
-    """Write k8s/base/jobs/ (the suspended one-shot SparkApplication and TFJob) from the Python builders."""
+    """Write k8s/base/jobs/ (the suspended one-shot SparkApplication and TFJob) and k8s/components/trainer-v2/
+    (the TensorFlow ClusterTrainingRuntime and the one-shot TrainJob) from the Python builders."""
     from cifarflow.k8s import generate as gen
 
-    folder = k8s_root(root) / "base" / "jobs"
+    folders = gen.generated(k8s_root(root))
     if check:
-        stale = gen.drift(folder)
+        stale = [str(folder / name) for folder, docs in folders.items() for name in gen.drift(folder, docs)]
         if stale:
             raise ConflictError(
-                f"{', '.join(stale)} in {folder} differ from the builders' output",
+                f"{', '.join(stale)} differ from the builders' output",
                 "run `cifarflow k8s generate` and commit the result",
             )
         out("up to date")
         return
-    for path in gen.write(folder):
-        out(str(path))
+    for folder, docs in folders.items():
+        for path in gen.write(folder, docs):
+            out(str(path))
 
 
 @k8s_app.command("ensure-credentials")

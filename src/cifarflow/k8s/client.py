@@ -4,8 +4,8 @@ Everything the launchers do goes through :class:`Kube`, so the verbs below are t
 runner's Role must grant (``k8s/base/rbac.yaml``; a test records the calls against a fake API server and
 compares):
 
-- ``get`` / ``create`` / ``watch`` / ``delete`` sparkapplications and tfjobs: re-attach, submit, follow
-  status, delete on timeout or before a retry;
+- ``get`` / ``create`` / ``watch`` / ``delete`` sparkapplications, tfjobs and trainjobs: re-attach, submit,
+  follow status, delete on timeout or before a retry;
 - ``list`` pods: spot image pulls and OOM kills, find the driver or chief;
 - ``get`` pods/log: the failed driver's or chief's log.
 """
@@ -58,6 +58,9 @@ SPARK_APPLICATION = JobKind(
     "sparkoperator.k8s.io", "v1beta2", "sparkapplications", "SparkApplication", "Spark Operator v2.5.2"
 )
 TFJOB = JobKind("kubeflow.org", "v1", "tfjobs", "TFJob", "Training Operator v1.9.4")
+TRAINJOB = JobKind(
+    "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob", "Kubeflow Trainer v2.3.0 (with JobSet)"
+)
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -108,8 +111,9 @@ class Kube:
     def create(self, kind: JobKind, body: dict[str, Any]) -> dict[str, Any]:
         with self._errors("create", kind):
             try:
+                # Strict: a field the CRD does not declare is an error, not silently pruned by the server.
                 obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
-                    kind.group, kind.version, self.namespace, kind.plural, body
+                    kind.group, kind.version, self.namespace, kind.plural, body, field_validation="Strict"
                 )
                 return obj
             except ApiException as exc:
@@ -242,6 +246,12 @@ class Kube:
                 f"the Kubernetes API at {self.server} rejected the credentials: {msg}",
                 "refresh your kubeconfig credentials (gcloud container clusters get-credentials / minikube)",
             )
+        if exc.status == 404 and _status(exc).get("details", {}).get("kind") == "namespaces":
+            return JobError(
+                f"namespace {self.namespace} does not exist",
+                "deploy k8s/overlays/<env> (it creates the namespace), or set CIFARFLOW_K8S_NAMESPACE to an "
+                "existing one",
+            )
         if exc.status == 404 and kind is not None:
             return JobError(
                 f"the {kind.kind} resource ({kind.api_version}) is not installed in the cluster",
@@ -251,7 +261,7 @@ class Kube:
             return JobError(
                 f"namespace {self.namespace} or {what} not found: {msg}", "deploy k8s/overlays/<env>"
             )
-        if exc.status == 422:
+        if exc.status in (400, 422):
             return JobError(
                 f"the API server rejected the {what} spec: {msg}", "check the settings it was built from"
             )

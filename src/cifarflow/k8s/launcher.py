@@ -1,8 +1,10 @@
 """Submit-or-re-attach, watch to the end, explain failures: the launchers KFP components and the CLI call.
 
 ``launch_preprocess`` runs ``cifarflow preprocess`` as a SparkApplication, ``launch_train`` runs ``cifarflow
-train`` as a TFJob. The job's name comes from the run id, so calling a launcher again with the same run id (a
-retried KFP step, a re-run CLI command) finds the job instead of starting another:
+train`` as a TFJob (Training Operator v1) or a TrainJob (Kubeflow Trainer v2), as ``settings.trainer`` says.
+
+The job's name comes from the run id, so calling a launcher again with the same run id (a retried KFP step,
+a re-run CLI command) finds the job instead of starting another:
 
 * still running -> watch it to the end;  * completed -> reuse it (nothing re-runs);
 * failed -> delete it and submit again (that is what a retry is for);
@@ -24,8 +26,16 @@ from typing import Any
 from kubernetes import client
 
 from cifarflow.errors import ConflictError, JobError
-from cifarflow.k8s import names, spark_app, tfjob
-from cifarflow.k8s.client import SPARK_APPLICATION, TFJOB, AlreadyExists, JobKind, Kube, connect
+from cifarflow.k8s import names, spark_app, tfjob, trainjob
+from cifarflow.k8s.client import (
+    SPARK_APPLICATION,
+    TFJOB,
+    TRAINJOB,
+    AlreadyExists,
+    JobKind,
+    Kube,
+    connect,
+)
 from cifarflow.k8s.settings import K8sSettings
 from cifarflow.k8s.watch import PodProblem, Status, cause_from_log, inspect_pods, outputs_from_log, status_of
 
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 ONESHOT_PREPROCESS = "cifarflow-preprocess"
 ONESHOT_TRAIN = "cifarflow-train"
 SPARK_DRIVER_CONTAINER = "spark-kubernetes-driver"
+TRAIN_OUTPUTS = ("model", "saved_model", "metrics", "report", "test_accuracy")
+TRAIN_MEMORY_FIX = "raise CIFARFLOW_K8S_TRAIN__MEMORY_LIMIT or lower the batch size, then retry"
 
 
 class K8sJobError(JobError):
@@ -107,6 +119,9 @@ def preprocess_job(
 def train_job(
     settings: K8sSettings, run_id: str, *, data: str, out: str, extra_args: list[str] | None = None
 ) -> JobSpec:
+    """A TFJob, or with ``settings.trainer == "trainjob"`` a Trainer v2 TrainJob, running the same arguments."""
+    if settings.trainer == "trainjob":
+        return _trainjob(settings, run_id, tfjob.train_arguments(data, out, extra_args))
     name = names.job_name(tfjob.STEP, run_id)
     args = tfjob.train_arguments(data, out, extra_args)
     body = _annotated(tfjob.build(settings, name=name, args=args, run_id=run_id), run_id)
@@ -116,10 +131,33 @@ def train_job(
         name=name,
         body=body,
         pod_selector=f"{tfjob.POD_JOB_LABEL}={name}",
-        main_pod=lambda pods: _pick(pods, tfjob.POD_REPLICA_TYPE_LABEL, lead, index="0"),
+        main_pod=lambda pods: _pick(
+            pods, tfjob.POD_REPLICA_TYPE_LABEL, lead, (tfjob.POD_REPLICA_INDEX_LABEL, "0")
+        ),
         container=tfjob.CONTAINER,
-        output_keys=("model", "saved_model", "metrics", "report", "test_accuracy"),
-        memory_fix="raise CIFARFLOW_K8S_TRAIN__MEMORY_LIMIT or lower the batch size, then retry",
+        output_keys=TRAIN_OUTPUTS,
+        memory_fix=TRAIN_MEMORY_FIX,
+    )
+
+
+def _trainjob(settings: K8sSettings, run_id: str, args: list[str]) -> JobSpec:
+    name = names.job_name(trainjob.STEP, run_id)
+    body = _annotated(trainjob.build(settings, name=name, args=args, run_id=run_id), run_id)
+    return JobSpec(
+        kind=TRAINJOB,
+        name=name,
+        body=body,
+        pod_selector=f"{trainjob.POD_JOBSET_LABEL}={name}",
+        # The leader: task 0 of the trainer's replicated job (worker 0 exports and reports, as under TFJob).
+        main_pod=lambda pods: _pick(
+            pods,
+            trainjob.POD_REPLICATED_JOB_LABEL,
+            trainjob.REPLICATED_JOB,
+            (trainjob.POD_COMPLETION_INDEX_LABEL, "0"),
+        ),
+        container=trainjob.CONTAINER,
+        output_keys=TRAIN_OUTPUTS,
+        memory_fix=TRAIN_MEMORY_FIX,
     )
 
 
@@ -152,7 +190,8 @@ def launch_train(
     extra_args: list[str] | None = None,
     kube: Kube | None = None,
 ) -> LaunchResult:
-    """Run ``cifarflow train`` as a TFJob; outputs: ``model`` and ``metrics`` when logged."""
+    """Run ``cifarflow train`` as a TFJob (or a TrainJob, per ``settings.trainer``); outputs: ``model`` and
+    ``metrics`` when logged."""
     kube = kube or Kube(connect(), settings.namespace)
     settings = resolve_images(kube, settings)
     return Launcher(kube, settings).run(
@@ -165,7 +204,7 @@ def resolve_images(kube: Kube, settings: K8sSettings) -> K8sSettings:
     if not settings.images_from_cluster:
         return settings
     spark = kube.get(SPARK_APPLICATION, ONESHOT_PREPROCESS)
-    train = kube.get(TFJOB, ONESHOT_TRAIN)
+    train = kube.get(TRAINJOB if settings.trainer == "trainjob" else TFJOB, ONESHOT_TRAIN)
     if spark is None or train is None:
         raise JobError(
             f"images_from_cluster is set but {ONESHOT_PREPROCESS}/{ONESHOT_TRAIN} are not deployed in "
@@ -173,7 +212,12 @@ def resolve_images(kube: Kube, settings: K8sSettings) -> K8sSettings:
             "deploy k8s/overlays/<env> with skaffold, or set CIFARFLOW_K8S_IMAGES_FROM_CLUSTER=false",
         )
     spark_image = spark["spec"]["image"]
-    trainer_image = train["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["image"]
+    if settings.trainer == "trainjob":
+        trainer_image = train["spec"]["trainer"]["image"]
+    else:
+        trainer_image = train["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
     log.info("images from the cluster: %s, %s", spark_image, trainer_image)
     return settings.model_copy(
         update={
@@ -412,11 +456,11 @@ def _spec_hash_of(obj: dict[str, Any]) -> str | None:
     return str(value) if value else None
 
 
-def _pick(pods: list[client.V1Pod], label: str, value: str, index: str | None = None) -> client.V1Pod | None:
+def _pick(
+    pods: list[client.V1Pod], label: str, value: str, index: tuple[str, str] | None = None
+) -> client.V1Pod | None:
     for pod in pods:
         labels = pod.metadata.labels or {}
-        if labels.get(label) == value and (
-            index is None or labels.get(tfjob.POD_REPLICA_INDEX_LABEL) == index
-        ):
+        if labels.get(label) == value and (index is None or labels.get(index[0]) == index[1]):
             return pod
     return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifarflow.k8s.settings import K8sSettings, Toleration
+from cifarflow.k8s.settings import K8sSettings, Toleration, TrainSettings
 
 # A high uid/gid that cannot collide with a host user (checkov CKV_K8S_40); the images do not depend on it.
 RUN_AS = 10001
@@ -77,3 +77,12 @@ def credentials_env_from(settings: K8sSettings) -> list[dict[str, Any]]:
 
 def tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
     return [t.model_dump(exclude_none=True) for t in items]
+
+
+def train_resources(t: TrainSettings) -> dict[str, dict[str, str]]:
+    """A training replica's requests and limits; GPUs are requested and limited alike."""
+    requests: dict[str, str] = {"cpu": t.cpu, "memory": t.memory}
+    limits: dict[str, str] = {"cpu": t.cpu_limit, "memory": t.memory_limit}
+    if t.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(t.gpus)
+    return {"requests": requests, "limits": limits}

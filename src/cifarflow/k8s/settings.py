@@ -125,6 +125,8 @@ class TrainSettings(_Model):
     gpu_tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     )
+    # Trainer v2 only: the ClusterTrainingRuntime TrainJobs reference (k8s/components/trainer-v2).
+    runtime: str = "cifarflow-tensorflow"
 
     @field_validator("cpu", "cpu_limit", "memory", "memory_limit")
     @classmethod
@@ -159,8 +161,14 @@ class WatchSettings(_Model):
     log_tail_lines: int = Field(default=200, ge=1)
 
 
+# Which operator runs training: Training Operator v1 (TFJob, kubeflow.org/v1) or Kubeflow Trainer v2
+# (TrainJob on JobSet, trainer.kubeflow.org/v1alpha1, with cifarflow's TensorFlow ClusterTrainingRuntime).
+TrainerKind = Literal["tfjob", "trainjob"]
+
+
 class K8sSettings(_Model):
     namespace: str = "cifarflow"
+    trainer: TrainerKind = "tfjob"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     storage: StorageSettings = StorageSettings()
     service_accounts: ServiceAccounts = ServiceAccounts()

@@ -66,12 +66,10 @@ def _replica(
     env_from_config_map: str | None,
 ) -> KubeflowOrgV1ReplicaSpec:
     t = settings.train
-    requests: dict[str, str] = {"cpu": t.cpu, "memory": t.memory}
-    limits: dict[str, str] = {"cpu": t.cpu_limit, "memory": t.memory_limit}
+    resources = podspec.train_resources(t)
     node_selector = None
     tolerations = None
     if t.gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(t.gpus)
         node_selector = dict(t.gpu_node_selector) or None
         tolerations = podspec.tolerations(t.gpu_tolerations) or None
     env_from = podspec.credentials_env_from(settings)
@@ -86,7 +84,7 @@ def _replica(
         env=_model(podspec.base_env(settings), "list[V1EnvVar]"),
         env_from=_model(env_from, "list[V1EnvFromSource]") or None,
         ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT, protocol="TCP")],
-        resources=V1ResourceRequirements(requests=requests, limits=limits),
+        resources=V1ResourceRequirements(requests=resources["requests"], limits=resources["limits"]),
         security_context=_model(podspec.container_security_context(), "V1SecurityContext"),
         volume_mounts=_model([podspec.scratch_mount()], "list[V1VolumeMount]"),
     )

@@ -12,6 +12,9 @@ moves it to ``FAILED``).
 
 TFJob (Training Operator v1.9.4) ``status.conditions[]`` of type ``Created``, ``Running``, ``Restarting``,
 ``Suspended``, ``Succeeded``, ``Failed``: terminal when ``Succeeded`` or ``Failed`` has status ``"True"``.
+
+TrainJob (Kubeflow Trainer v2.3.0) ``status.conditions[]`` of type ``Created``, ``Suspended``, ``Complete``,
+``Failed`` and ``status.jobsStatus[]`` (the JobSet's child Jobs: active, ready, succeeded, failed).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Literal
 from kubernetes import client
 
 from cifarflow.errors import unmark
-from cifarflow.k8s.client import SPARK_APPLICATION, JobKind
+from cifarflow.k8s.client import SPARK_APPLICATION, TRAINJOB, JobKind
 
 Phase = Literal["pending", "running", "succeeded", "failed"]
 
@@ -79,8 +82,27 @@ def tfjob_status(obj: dict[str, Any]) -> Status:
     return Status("pending", latest)
 
 
+def trainjob_status(obj: dict[str, Any]) -> Status:
+    """Trainer v2: ``Complete`` / ``Failed`` are terminal; ``Suspended`` (or ``Created``) waits; a child Job with
+    active pods (``status.jobsStatus[].active``) means running. There is no ``Running`` condition."""
+    status = obj.get("status") or {}
+    true = [c for c in status.get("conditions") or [] if str(c.get("status")) == "True"]
+    by_type = {c.get("type"): c for c in true}
+    for kind, phase in (("Failed", "failed"), ("Complete", "succeeded")):
+        if kind in by_type:
+            return Status(phase, kind, str(by_type[kind].get("message") or ""))  # type: ignore[arg-type]
+    if "Suspended" in by_type:
+        return Status("pending", "Suspended", str(by_type["Suspended"].get("message") or ""))
+    if any(int(j.get("active") or 0) > 0 for j in status.get("jobsStatus") or []):
+        return Status("running", "Running")
+    latest = str(true[-1].get("type")) if true else "NEW"
+    return Status("pending", latest)
+
+
 def status_of(kind: JobKind, obj: dict[str, Any]) -> Status:
-    return spark_status(obj) if kind == SPARK_APPLICATION else tfjob_status(obj)
+    if kind == SPARK_APPLICATION:
+        return spark_status(obj)
+    return trainjob_status(obj) if kind == TRAINJOB else tfjob_status(obj)
 
 
 # -- pods ----------------------------------------------------------------------------------------------------
