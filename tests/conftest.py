@@ -212,3 +212,36 @@ def gcs_bucket(gcs_server: GCSServer) -> str:
     name = f"cf-{uuid.uuid4().hex[:12]}"
     gcs_server.create_bucket(name)
     return f"gs://{name}"
+
+
+# -- a small file system (disk full, read-only) --------------------------------------------------------------
+
+
+@dataclass
+class TinyFS:
+    """A tmpfs of a few MB mounted at ``path``: a real ENOSPC and a real EROFS, not an injected error."""
+
+    path: Path
+
+    def remount(self, option: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{option}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[TinyFS]:
+    """A 1 MiB tmpfs (``remount("size=64m")`` grows it, ``remount("ro")`` makes it read-only); skipped where
+    mounting is not allowed (not root, or a container without CAP_SYS_ADMIN)."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    mounted = os.geteuid() == 0 and (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    try:
+        yield TinyFS(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import posixpath
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +23,10 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from cifarflow.errors import StorageError
+from cifarflow.errors import CifarflowError, StorageError
 
 SUPPORTED = ("file", "s3", "gs", "gcs", "memory")
+GCS_ENDPOINT = "https://storage.googleapis.com"
 
 
 def normalize(url: str) -> str:
@@ -104,6 +107,9 @@ class Store:
         if protocol in ("gs", "gcs"):
             # gcsfs probes for hierarchical-namespace buckets by default; against emulators each probe stalls.
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            # gcsfs logs a traceback for every failed retry; the translated error says it in one line.
+            if not logging.getLogger("cifarflow").isEnabledFor(logging.DEBUG):
+                logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
         fs, path = fsspec.core.url_to_fs(url, **self.config.options(protocol))
         return fs, path
 
@@ -131,6 +137,11 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             return int(fs.size(path))
+
+    def is_dir(self, url: str) -> bool:
+        with translate(url):
+            fs, path = self.fs(url)
+            return bool(fs.isdir(path))
 
     def list(self, url: str) -> list[str]:
         """Full URLs of the entries directly under ``url`` (empty if it does not exist)."""
@@ -163,11 +174,8 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             if _is_local(fs):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as handle:
+                with _local_tmp(path) as tmp, open(tmp, "wb") as handle:
                     handle.write(data)
-                os.replace(tmp, path)
             else:
                 fs.pipe_file(path, data)
 
@@ -179,10 +187,8 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             if _is_local(fs):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-                fs.cp_file(local_path, tmp)
-                os.replace(tmp, path)
+                with _local_tmp(path) as tmp:
+                    fs.cp_file(local_path, tmp)
             else:
                 fs.put_file(local_path, path)
 
@@ -194,11 +200,32 @@ class Store:
                 if fs.exists(path):
                     fs.rm(path, recursive=recursive)
 
+    def _probe_gcs(self, url: str) -> None:
+        """One TCP connect to the GCS endpoint: gcsfs retries a dead network six times with back-off (over a
+        minute, a traceback per attempt), so a missing network must be found before its first request."""
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+        if emulator and emulator != "default" and "://" not in emulator:
+            emulator = "http://" + emulator  # how gcsfs reads it
+        endpoint = urlsplit(emulator if emulator not in ("", "default") else GCS_ENDPOINT)
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        try:
+            with socket.create_connection(
+                (endpoint.hostname or "", port), timeout=self.config.connect_timeout
+            ):
+                pass
+        except OSError as exc:
+            raise StorageError(
+                f"cannot reach the storage endpoint for {redact(url)} ({endpoint.netloc}: {_short(exc)})",
+                _ENDPOINT_FIX,
+            ) from exc
+
     def check_reachable(self, url: str) -> None:
         """Fail early, with the fix, when the bucket behind ``url`` cannot be listed."""
         with translate(url):
             fs, path = self.fs(url)
             bucket = path.split("/", 1)[0] if not _is_local(fs) else None
+            if bucket is not None and "gs" in _protocols(fs):
+                self._probe_gcs(url)
             if bucket is not None:
                 # One request. Unlike exists(), info() raises the real reason (403, unreachable).
                 try:
@@ -209,25 +236,45 @@ class Store:
                     ) from None
 
 
-def _is_local(fs: AbstractFileSystem) -> bool:
+TMP_INFIX = ".tmp-"  # what a local atomic write is named while it is written
+
+
+@contextlib.contextmanager
+def _local_tmp(path: str) -> Iterator[str]:
+    """A unique temporary name beside ``path``, renamed over it when the block finishes and removed when it
+    fails (disk full, Ctrl-C): a failed write leaves nothing behind."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     proto = fs.protocol
-    return "file" in (proto if isinstance(proto, tuple) else (proto,))
+    return tuple(proto) if isinstance(proto, (tuple, list)) else (proto,)
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs)
 
 
 @contextlib.contextmanager
 def translate(url: str) -> Iterator[None]:
-    """Turn the storage libraries' exceptions into one-line errors that name the fix."""
+    """Turn the storage libraries' exceptions into one-line errors that name the fix.
+
+    Classification is by exception type (and errno, HTTP status or botocore error code), never by message text:
+    the block may also run the caller's code (streaming a member, decoding labels), whose errors pass through
+    untouched.
+    """
     shown = redact(url)
     try:
         yield
-    except StorageError:
+    except CifarflowError:
         raise
-    except PermissionError as exc:
-        raise StorageError(
-            f"access denied to {shown}: {_short(exc)}",
-            "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS or "
-            "Workload Identity) and the bucket's permissions",
-        ) from exc
     except FileNotFoundError:
         raise
     except Exception as exc:
@@ -242,47 +289,112 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
+_CREDENTIALS_FIX = (
+    "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS or "
+    "Workload Identity) and the bucket's permissions"
+)
+_ENDPOINT_FIX = "check --s3-endpoint/AWS_ENDPOINT_URL or STORAGE_EMULATOR_HOST and that the server is up"
+# Class names, so that optional libraries (botocore, aiohttp, google-auth, requests) need not be imported.
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}
+_REJECTED = {"RefreshError"}
+_UNREACHABLE = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "TransportError",
+    "ConnectionError",  # builtin, and requests'
+    "gaierror",
+}
+_REJECTED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "ExpiredToken"}
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
+
+
 def _classify(exc: BaseException, shown: str) -> StorageError | None:
-    """Map by class name so optional libraries (botocore, aiohttp, google-auth) need not be imported."""
+    """The first exception in the cause chain whose type says what went wrong, as a one-line error."""
+    for cur in [exc, *_causes(exc)]:
+        mapped = _classify_one(cur, shown)
+        if mapped is not None:
+            return mapped
+    return None
+
+
+def _classify_one(exc: BaseException, shown: str) -> StorageError | None:
     names = {cls.__name__ for cls in type(exc).__mro__}
-    chain = [exc, *(_causes(exc))]
-    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
-    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}:
+    status = _http_status(exc)
+    if names & _NO_CREDENTIALS:
         return StorageError(
             f"no credentials for {shown}",
             "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (S3) or GOOGLE_APPLICATION_CREDENTIALS (GCS)",
         )
-    if any(
-        k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "401")
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno == errno.EACCES):
+        return StorageError(f"access denied to {shown}: {_short(exc)}", _CREDENTIALS_FIX)
+    if (
+        names & _REJECTED
+        or status in (401, 403)
+        or _error_code(exc) in _REJECTED_CODES
+        or _gcs_forbidden(exc)
     ):
         return StorageError(
             f"credentials rejected for {shown}",
             "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the service account's access to the bucket",
         )
-    connect_markers = (
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ClientConnectorError",
-        "ServerDisconnectedError",
-        "Cannot connect to host",
-        "Connection refused",
-        "Could not connect",
-        "Name or service not known",
-        "ConnectionRefusedError",
-    )
-    refused = isinstance(exc, OSError) and exc.errno in (
-        errno.ECONNREFUSED,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-    )
-    if refused or any(k in text for k in connect_markers):
-        return StorageError(
-            f"cannot reach the storage endpoint for {shown}",
-            "check --s3-endpoint/AWS_ENDPOINT_URL or STORAGE_EMULATOR_HOST and that the server is up",
-        )
-    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+    if _error_code(exc) == "NoSuchBucket":
         return StorageError(f"the bucket of {shown} does not exist", "create it first or fix the URL")
+    if names & _UNREACHABLE or (isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS):
+        return StorageError(f"cannot reach the storage endpoint for {shown}", _ENDPOINT_FIX)
+    if isinstance(exc, OSError):
+        return _local_error(exc, shown)
     return None
+
+
+def _local_error(exc: OSError, shown: str) -> StorageError | None:
+    """Local file-system failures (by errno) a user can fix."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"no space left writing {shown}", "free some space or choose another destination")
+    if exc.errno == errno.EROFS:
+        return StorageError(f"{shown} is on a read-only file system", "choose a writable destination")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return StorageError(
+            f"a part of the path {shown} is a file, not a folder",
+            "choose a folder (or a new path) as destination",
+        )
+    if exc.errno == errno.EISDIR:
+        return StorageError(f"{shown} is a folder, not a file", "name a file")
+    if exc.errno == errno.ENAMETOOLONG:
+        return StorageError(f"a name in {shown[:80]}... is too long for the file system", "use shorter names")
+    return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries as data (aiohttp ``ClientResponseError.status``, gcsfs
+    ``HttpError.code``)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    attr = "status" if "ClientResponseError" in names else "code" if "HttpError" in names else None
+    value = getattr(exc, attr, None) if attr else None
+    return value if isinstance(value, int) else None
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """botocore ``ClientError``'s structured error code."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return None
+
+
+def _gcs_forbidden(exc: BaseException) -> bool:
+    """gcsfs reports HTTP 403 as a bare ``OSError`` (no errno) from ``gcsfs.retry.validate_response``: known by
+    where it was raised, not by its text."""
+    if type(exc) is not OSError or exc.errno is not None:
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") == "gcsfs.retry"
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

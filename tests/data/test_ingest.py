@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import io
@@ -276,12 +277,61 @@ def make_tar(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def py_batch(rows: int, label: int = 0, width: int = 3072) -> bytes:
+def py_batch(
+    rows: int, label: object = 0, width: int = 3072, labels: object = None, key: bytes = b"labels"
+) -> bytes:
     data = np.zeros((rows, width), np.uint8)
-    return pickle.dumps({b"data": data, b"labels": [label] * rows, b"batch_label": b"x"}, protocol=2)
+    values = [label] * rows if labels is None else labels
+    return pickle.dumps({b"data": data, key: values, b"batch_label": b"x"}, protocol=2)
 
 
 META = pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2)
+META_M = ("batches.meta", META)
+TEST_M = ("test_batch", py_batch(2))
+
+
+def tar_of(tmp: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A CIFAR-10 python tarball with members in this order; a member's data may be a link type (SYMTYPE,
+    LNKTYPE) instead of bytes, pointing at data_batch_1. Names without a folder go under the layout's root."""
+    path = tmp / "bad.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name if "/" in name else f"cifar-10-batches-py/{name}")
+            if data in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.type, info.linkname = data, "cifar-10-batches-py/data_batch_1"
+                tar.addfile(info)
+                continue
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def cifar100_tar(tmp: Path, train: bytes) -> Path:
+    meta = pickle.dumps({b"fine_label_names": [b"c%d" % i for i in range(100)]}, protocol=2)
+    test = py_batch(2, key=b"fine_labels")
+    return make_tar(
+        tmp / "c100.tar.gz",
+        {"cifar-100-python/meta": meta, "cifar-100-python/train": train, "cifar-100-python/test": test},
+    )
+
+
+def flip(data: bytes, pos: int, bit: int = 0) -> bytes:
+    out = bytearray(data)
+    out[pos] ^= 1 << bit
+    return bytes(out)
+
+
+def flip_pixel_bit(data: bytes) -> bytes:
+    """One bit of one pixel, in a gzip stream of stored (uncompressed) blocks: every decoder accepts it."""
+    tar = gzip.decompress(data)
+    stored = gzip.compress(tar, compresslevel=0, mtime=0)
+    offset = stored.index(tar[len(tar) // 2 : len(tar) // 2 + 64])
+    return flip(stored, offset)
+
+
+def damaged(tmp: Path, archives: dict[str, Path], change: Callable[[bytes], bytes]) -> Path:
+    (tmp / "damaged.tar.gz").write_bytes(change(archives["cifar10-binary"].read_bytes()))
+    return tmp / "damaged.tar.gz"
 
 
 class Exploit:
@@ -319,7 +369,127 @@ BAD: dict[str, tuple[Callable[[Path, dict[str, Path]], Path], str]] = {
     ),
     "wrong image size": (lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, width=1024)), "shape 2x1024"),
     "label out of range": (lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, label=10)), "label 10 is out"),
+    # Labels must be integers: nothing is rounded, parsed or reshaped into one.
+    **{
+        f"label {name}": (
+            lambda t, a, v=value: cifar_tar(t, data_batch_1=py_batch(2, label=v), test_batch=py_batch(2)),
+            message,
+        )
+        for name, value, message in [
+            ("2.7", 2.7, "label 2.7 (float) is not an integer"),
+            ("'3'", "3", "label '3' (str) is not an integer"),
+            ("b'3'", b"3", "label b'3' (bytes) is not an integer"),
+            ("True", True, "label True (bool) is not an integer"),
+            ("None", None, "label None (NoneType) is not an integer"),
+            ("NaN", float("nan"), "label nan (float) is not an integer"),
+            ("2**70", 2**70, "label 1180591620717411303424 is out of range 0..9"),
+            ("dict", {0: 1}, "label {0: 1} (dict) is not an integer"),
+            ("[[x]]", [1], "label [1] (list) is not an integer"),
+        ]
+    },
+    "labels a scalar": (
+        lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, labels=7), test_batch=py_batch(2)),
+        "labels are a int, expected a list of integers",
+    ),
+    "labels a 2-d array": (
+        lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, labels=np.zeros((2, 1), np.int64))),
+        "labels are a int64 array of shape (2, 1)",
+    ),
+    "more labels than images": (
+        lambda t, a: cifar_tar(t, data_batch_1=py_batch(2, labels=[0, 0, 0]), test_batch=py_batch(2)),
+        "2 images but 3 labels",
+    ),
+    # An error's text must not decide its kind: these once read as "credentials rejected"/"cannot reach".
+    "CIFAR-100 label 401": (
+        lambda t, a: cifar100_tar(t, train=py_batch(4, 401, key=b"fine_labels")),
+        "label 401 is out of range",
+    ),
+    "401 labels for 400 images": (
+        lambda t, a: cifar100_tar(t, train=py_batch(400, labels=[1] * 401, key=b"fine_labels")),
+        "400 images but 401 labels",
+    ),
+    "a member named ...Forbidden": (
+        lambda t, a: cifar_tar(t, data_batch_Forbidden=py_batch(2), test_batch=py_batch(2)),
+        "unexpected member cifar-10-batches-py/data_batch_Forbidden",
+    ),
+    "a member named ...Connection refused": (
+        lambda t, a: cifar_tar(
+            t, **{"data_batch_1Connection refused": py_batch(2), "test_batch": py_batch(2)}
+        ),
+        "unexpected member cifar-10-batches-py/data_batch_1Connection refused",
+    ),
+    "a member name over 255 characters": (
+        lambda t, a: cifar_tar(t, **{"data_batch_" + "1" * 300: py_batch(2), "test_batch": py_batch(2)}),
+        "(331 characters)",
+    ),
+    # Members that must not land twice, or not at all.
+    "duplicate member, same bytes": (
+        lambda t, a: tar_of(
+            t, [META_M, ("data_batch_1", py_batch(2)), ("data_batch_1", py_batch(2)), TEST_M]
+        ),
+        "holds cifar-10-batches-py/data_batch_1 twice",
+    ),
+    "duplicate member, other bytes": (
+        lambda t, a: tar_of(
+            t, [META_M, ("data_batch_1", py_batch(2)), ("data_batch_1", py_batch(3)), TEST_M]
+        ),
+        "holds cifar-10-batches-py/data_batch_1 twice",
+    ),
+    "duplicate member by a ./ alias": (
+        lambda t, a: tar_of(
+            t,
+            [
+                META_M,
+                ("data_batch_1", py_batch(2)),
+                ("./cifar-10-batches-py/data_batch_1", py_batch(2)),
+                TEST_M,
+            ],
+        ),
+        "as cifar-10-batches-py/data_batch_1 and ./cifar-10-batches-py/data_batch_1",
+    ),
+    "a symlink named data_batch_2": (
+        lambda t, a: tar_of(
+            t, [META_M, ("data_batch_1", py_batch(2)), ("data_batch_2", tarfile.SYMTYPE), TEST_M]
+        ),
+        "cifar-10-batches-py/data_batch_2 is a symlink",
+    ),
+    "a hard link named data_batch_2": (
+        lambda t, a: tar_of(
+            t, [META_M, ("data_batch_1", py_batch(2)), ("data_batch_2", tarfile.LNKTYPE), TEST_M]
+        ),
+        "cifar-10-batches-py/data_batch_2 is a hard link",
+    ),
+    "a missing batch": (
+        lambda t, a: cifar_tar(t, data_batch_1=py_batch(2), data_batch_3=py_batch(2), test_batch=py_batch(2)),
+        "2 train batches up to data_batch_3 but no cifar-10-batches-py/data_batch_2",
+    ),
+    "a member over --max-bytes": (
+        lambda t, a: cifar_tar(t, data_batch_1=py_batch(400), test_batch=py_batch(2)),
+        "data_batch_1 would expand to 1229911 bytes",
+    ),
+    "an archive over --max-bytes": (
+        lambda t, a: cifar_tar(t, **{f"data_batch_{i}": py_batch(300) for i in range(1, 5)}),
+        "the archive expands to more than 1000000 bytes, over the --max-bytes limit of 1000000",
+    ),
+    # Corruption the tar reader alone never sees: only the gzip trailer's CRC-32 and length catch it.
+    **{
+        f"gzip: {name}": (lambda t, a, c=change: damaged(t, a, c), message)
+        for name, change, message in [
+            ("a flipped pixel bit", flip_pixel_bit, "is corrupt (BadGzipFile: CRC check failed"),
+            ("a bad CRC", lambda b: flip(b, len(b) - 8), "is corrupt (BadGzipFile: CRC check failed"),
+            (
+                "a bad ISIZE",
+                lambda b: flip(b, len(b) - 1),
+                "is corrupt (BadGzipFile: Incorrect length of data",
+            ),
+            *(
+                (f"cut by {n} bytes", lambda b, n=n: b[:-n], "is truncated (Compressed file ended")
+                for n in range(1, 9)
+            ),
+        ]
+    },
 }
+MAX_BYTES = {"a member over --max-bytes": "1000000", "an archive over --max-bytes": "1000000"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -327,8 +497,10 @@ def test_bad_archive(case: str, archives, tmp_path, capsys, quiet) -> None:
     build, message = BAD[case]
     src = build(tmp_path, archives)
     dest = tmp_path / "work"
-    code, _, err = run_ingest(capsys, str(src), str(dest))
+    extra = ("--max-bytes", MAX_BYTES[case]) if case in MAX_BYTES else ()
+    code, _, err = run_ingest(capsys, str(src), str(dest), *extra)
     assert message in one_error_line(code, err)
+    assert "credentials" not in err and "cannot reach" not in err  # an input error stays an input error
     assert files_under(dest) == []  # nothing committed, nothing half-written
 
 

@@ -70,12 +70,18 @@ def ingest(
     md5: Annotated[
         str | None, typer.Option("--md5", help="Expected md5 of the archive (known for cifar10/cifar100).")
     ] = None,
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-bytes", min=1, help="Most bytes the archive may expand to (bounds decompression bombs)."
+        ),
+    ] = 4 << 30,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Stream a CIFAR archive into the bucket as raw shards (idempotent, atomic, resumable)."""
     from cifarflow.data import ingest as ingest_mod
 
-    result = ingest_mod.ingest(source, dest, store=make_store(s3_endpoint), md5=md5)
+    result = ingest_mod.ingest(source, dest, store=make_store(s3_endpoint), md5=md5, max_bytes=max_bytes)
     out(f"raw: {result.raw_url}")
 
 

@@ -226,7 +226,50 @@ def decode_python(data: bytes, layout: Layout, member: str) -> Batch:
             f"{member}: images have shape {got}, expected N x {IMAGE_BYTES} (32x32x3)",
             "cifarflow reads 32x32 RGB CIFAR images only; resize the data first",
         )
-    return _checked(Batch(chw_to_hwc(arr), np.asarray(labels, dtype=np.int64), member), layout)
+    return _checked(Batch(chw_to_hwc(arr), _int_labels(labels, layout, member), member), layout)
+
+
+def _int_labels(labels: Any, layout: Layout, member: str) -> np.ndarray:
+    """A pickle's labels as int64, refusing anything that is not a flat sequence of integers in range.
+
+    ``np.asarray(labels, dtype=int64)`` would round 2.7, parse ``"3"`` and ``b"3"``, take True for 1 and keep
+    ``[[x]]`` as a second axis; each of those is a corrupt or foreign file, not a label.
+    """
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise InputError(
+                f"{member}: labels are a {labels.dtype} array of shape {labels.shape}, expected integers",
+                "the archive is not a CIFAR archive of this variant",
+            )
+        values = labels.tolist()
+    elif isinstance(labels, (list, tuple)):
+        values = list(labels)
+    else:
+        raise InputError(
+            f"{member}: labels are a {type(labels).__name__}, expected a list of integers",
+            "the archive is not a CIFAR archive of this variant",
+        )
+    for value in values:
+        if type(value) is not int:
+            raise InputError(
+                f"{member}: label {_short_repr(value)} ({type(value).__name__}) is not an integer",
+                "the archive is not a CIFAR archive of this variant",
+            )
+        if not 0 <= value < layout.num_classes:
+            raise _label_range_error(member, value, layout)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _label_range_error(member: str, label: int, layout: Layout) -> InputError:
+    return InputError(
+        f"{member}: label {_short_repr(label)} is out of range 0..{layout.num_classes - 1} for {layout.dataset}",
+        "check --classes or the archive's variant",
+    )
 
 
 def decode_binary(data: bytes | memoryview, layout: Layout, member: str, first_index: int = 0) -> Batch:
@@ -252,11 +295,7 @@ def _checked(batch: Batch, layout: Layout) -> Batch:
         )
     lo, hi = int(batch.labels.min()), int(batch.labels.max())
     if lo < 0 or hi >= layout.num_classes:
-        bad = lo if lo < 0 else hi
-        raise InputError(
-            f"{batch.member}: label {bad} is out of range 0..{layout.num_classes - 1} for {layout.dataset}",
-            "check --classes or the archive's variant",
-        )
+        raise _label_range_error(batch.member, lo if lo < 0 else hi, layout)
     batch.labels = batch.labels.astype(np.int32)
     return batch
 

@@ -19,14 +19,19 @@ labels out of range fail here, in seconds, rather than inside a Spark job. Reade
 from __future__ import annotations
 
 import base64
+import bz2
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
 import logging
 import lzma
 import os
+import posixpath
+import re
+import shutil
 import tarfile
 import tempfile
 import time
@@ -42,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cifarflow import __version__
 from cifarflow.data import cifar, manifest
 from cifarflow.errors import InputError, StorageError
-from cifarflow.storage import Store, join, normalize, redact
+from cifarflow.storage import TMP_INFIX, Store, basename, join, normalize, redact, translate
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,11 @@ OFFICIAL = {
 HTTP_TIMEOUT = 15.0
 CHUNK = 1 << 20  # bytes per read from the source
 RECORDS_PER_CHUNK = 2048  # binary records validated per step (~6 MB)
+# The most bytes an archive may expand to (all members, headers and padding): 23x the official CIFAR-10/100
+# (184/185 MB), and it holds the 10x synthetic set (1.69 GB). A pickled member is held in memory whole, so this
+# also bounds memory. `--max-bytes` raises it for larger sets.
+DEFAULT_MAX_BYTES = 4 << 30
+SPOOL_PREFIX = "cifarflow-ingest-"  # + "<pid>-": a spool left by a killed run is removed by the next run
 
 # Kept besides the layout's meta file: CIFAR-100 binary ships its superclass names separately.
 EXTRA_META = {"cifar100-binary": {"coarse_label_names.txt"}}
@@ -164,6 +174,10 @@ def resolve_source(source: str, md5: str | None) -> Source:
         if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
             raise InputError(f"--md5 {md5!r} is not an md5 sum", "pass the 32 hex digits the publisher lists")
     name = source.strip().lower()
+    if not name:
+        raise InputError(
+            "--source is empty", "pass cifar10, cifar100, an http(s) URL, a bucket URL or a path"
+        )
     if name in OFFICIAL:
         filename, known = OFFICIAL[name]
         base = os.environ.get("CIFARFLOW_CIFAR_MIRROR") or OFFICIAL_BASE
@@ -209,6 +223,11 @@ def open_source(source: Source, store: Store) -> Iterator[tuple[IO[bytes], int |
         raise InputError(
             f"source {source.shown} does not exist", "check --source (a path, URL or cifar10)"
         ) from exc
+    if store.is_dir(source.url):
+        raise InputError(
+            f"source {source.shown} is a folder, not an archive",
+            "pass the .tar.gz itself, e.g. --source DIR/cifar-10-python.tar.gz",
+        )
     with store.open(source.url, "rb") as handle:
         yield handle, size
 
@@ -234,8 +253,11 @@ def _identify(source: Source, store: Store) -> tuple[str | None, str | None]:
     return None, None
 
 
-class _SourceFailed(Exception):
+class _SourceFailed(StorageError):
     """Reading the source itself failed (network, bucket), as opposed to its bytes being bad."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "check the network or bucket and rerun")
 
 
 class _HashingReader(io.RawIOBase):
@@ -334,6 +356,15 @@ class _Landing:
         self.store.write_text(record, member.model_dump_json())
         self.landed += 1
 
+    def remove_stale_tmp(self) -> None:
+        """Local atomic writes cut short by SIGKILL leave ``<member>.tmp-<uuid>``; the commit removes them."""
+        if not self.folder_url.startswith("file://"):
+            return
+        for folder in (self.folder_url, join(self.folder_url, DONE)):
+            for url in self.store.list(folder):
+                if TMP_INFIX in basename(url):
+                    self.store.remove(url)
+
     def undo(self) -> None:
         for url in reversed(self.written):
             with contextlib.suppress(Exception):
@@ -370,17 +401,88 @@ class _Entry:
     rel: str  # path under the layout's root
     kind: Kind
 
+    @property
+    def shown(self) -> str:
+        return _shown(self.info.name)
+
+
+def _shown(name: str) -> str:
+    """A member name fit for a one-line message: control characters escaped, long names shortened."""
+    text = name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 100 else f"{text[:60]}...{text[-20:]} ({len(name)} characters)"
+
+
+class _Truncated(tarfile.ReadError):
+    """The archive ended inside a member."""
+
+
+class _Corrupt(tarfile.ReadError):
+    """The compressed stream failed its own check (CRC, length, invalid data)."""
+
+
+class _Expanded(io.RawIOBase):
+    """The archive's decompressed bytes, counted against ``limit`` (a decompression bomb stops here).
+
+    Python's tarfile stream mode never checks the gzip trailer; :class:`gzip.GzipFile` does (CRC-32 and length)
+    once it is read to the end, and so do the bz2 and xz readers.
+    """
+
+    def __init__(self, raw: io.RawIOBase, limit: int) -> None:
+        self._inner = _decompressor(raw)
+        self.limit = limit
+        self.bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self._inner.read(len(b))
+        except (OSError, zlib.error, lzma.LZMAError) as exc:  # gzip.BadGzipFile is an OSError
+            raise _Corrupt(f"{type(exc).__name__}: {exc}") from exc
+        n = len(data)
+        self.bytes += n
+        if self.bytes > self.limit:
+            raise _too_big(f"the archive expands to more than {self.limit} bytes", self.limit)
+        b[:n] = data
+        return n
+
+    def drain(self) -> None:
+        """Read to the end, so the compressed stream's trailer is checked."""
+        buf = bytearray(CHUNK)
+        while self.readinto(buf):
+            pass
+
+
+def _decompressor(raw: io.RawIOBase) -> io.BufferedIOBase:
+    buffered = io.BufferedReader(raw, CHUNK)
+    head = buffered.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(buffered)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(buffered)
+    return buffered
+
+
+def _too_big(what: str, limit: int) -> InputError:
+    return InputError(
+        f"{what}, over the --max-bytes limit of {limit} (a decompression bomb, or a very large dataset)",
+        "if the archive is trusted, pass a larger --max-bytes",
+    )
+
 
 def _land_whole(landing: _Landing, layout: cifar.Layout, entry: _Entry) -> RawMember:
     """Pickled batches and meta files: read whole (one batch is ~31 MB), validate, write."""
     data = entry.handle.read()
     if len(data) != entry.info.size:
-        raise tarfile.ReadError("unexpected end of data")
+        raise _Truncated(f"unexpected end of data in {entry.shown}")
     rows = 0
     if entry.rel == layout.meta:
         cifar.label_names(data, layout)
     elif entry.kind != "meta":
-        rows = len(cifar.decode_python(data, layout, entry.info.name))
+        rows = len(cifar.decode_python(data, layout, entry.shown))
     digest = hashlib.sha256(data).hexdigest()
     member = RawMember(
         name=entry.info.name, path=entry.rel, split=entry.kind, bytes=len(data), sha256=digest, rows=rows
@@ -395,7 +497,7 @@ def _land_records(landing: _Landing, layout: cifar.Layout, entry: _Entry, tmpdir
     sha = hashlib.sha256()
     rows = total = 0
     spool = os.path.join(tmpdir, "member")
-    with open(spool, "wb") as out:
+    with translate("file://" + spool), open(spool, "wb") as out:  # TMPDIR full: one line, not OSError
         pending = b""
         while chunk := entry.handle.read(size * RECORDS_PER_CHUNK):
             sha.update(chunk)
@@ -404,12 +506,12 @@ def _land_records(landing: _Landing, layout: cifar.Layout, entry: _Entry, tmpdir
             pending += chunk
             whole = len(pending) - len(pending) % size
             if whole:
-                rows += len(cifar.decode_binary(memoryview(pending)[:whole], layout, entry.info.name, rows))
+                rows += len(cifar.decode_binary(memoryview(pending)[:whole], layout, entry.shown, rows))
                 pending = pending[whole:]
     if total != entry.info.size:
-        raise tarfile.ReadError("unexpected end of data")
+        raise _Truncated(f"unexpected end of data in {entry.shown}")
     if pending or rows == 0:
-        cifar.decode_binary(pending, layout, entry.info.name)  # raises: a partial record, or no images
+        cifar.decode_binary(pending, layout, entry.shown)  # raises: a partial record, or no images
     member = RawMember(
         name=entry.info.name, path=entry.rel, split=entry.kind, bytes=total, sha256=sha.hexdigest(), rows=rows
     )
@@ -417,48 +519,100 @@ def _land_records(landing: _Landing, layout: cifar.Layout, entry: _Entry, tmpdir
     return member
 
 
-def _stream_members(
-    reader: _HashingReader, landing_for: Callable[[cifar.Layout], _Landing], tmpdir: str
-) -> tuple[cifar.Layout, list[RawMember]]:
-    """Walk the tar stream once, landing the layout's members; returns the layout and what landed."""
+def _archive_path(name: str) -> str:
+    """A member's path with ``./`` and ``a/../`` folded, so an alias cannot land a member twice."""
+    return posixpath.normpath(name) if name else name
+
+
+def _batch_number(layout: cifar.Layout, rel: str) -> int | None:
+    """N of ``data_batch_N`` (``None`` for layouts with one train file); anything else there is refused."""
+    if "*" not in layout.train or layout.split_of(rel) != "train":
+        return None
+    prefix, suffix = layout.train.split("*", 1)
+    digits = rel[len(prefix) : len(rel) - len(suffix)]
+    if not re.fullmatch(r"[1-9][0-9]{0,5}", digits):
+        raise InputError(
+            f"unexpected member {_shown(layout.root + '/' + rel)} in the archive",
+            f"CIFAR names its train batches {layout.train.replace('*', '1')}, "
+            f"{layout.train.replace('*', '2')}, ...: re-create the archive",
+        )
+    return int(digits)
+
+
+@dataclass
+class _Walk:
+    """What the walk over the tar stream has seen so far."""
+
+    max_bytes: int
     layout: cifar.Layout | None = None
     landing: _Landing | None = None
-    members: list[RawMember] = []
-    buffered = io.BufferedReader(reader, CHUNK)
-    with tarfile.open(fileobj=buffered, mode="r|*") as tar:
+    members: list[RawMember] = field(default_factory=list)
+    seen: dict[str, str] = field(default_factory=dict)  # rel path -> the member name it came from
+
+    def admit(self, info: tarfile.TarInfo, found: cifar.Layout, rel: str) -> None:
+        """Refuse what must not land: a second variant, a second copy, a link, a bomb."""
+        if self.layout is not None and found is not self.layout:
+            raise InputError(
+                f"the archive mixes {self.layout.root}/ and {found.root}/",
+                "pass one CIFAR variant per archive",
+            )
+        if rel in self.seen:
+            raise InputError(
+                f"the archive holds {_shown(found.root + '/' + rel)} twice "
+                f"(as {_shown(self.seen[rel])} and {_shown(info.name)})",
+                "re-create the archive with each member once",
+            )
+        if not info.isfile():
+            what = "a symlink" if info.issym() else "a hard link" if info.islnk() else "not a regular file"
+            raise InputError(
+                f"the archive member {_shown(info.name)} is {what}",
+                "re-create the archive with the file itself in it (e.g. tar --dereference --hard-dereference)",
+            )
+        if info.size > self.max_bytes:
+            raise _too_big(f"{_shown(info.name)} would expand to {info.size} bytes", self.max_bytes)
+        _batch_number(found, rel)
+        self.seen[rel] = info.name
+
+
+def _stream_members(
+    reader: _HashingReader, landing_for: Callable[[cifar.Layout], _Landing], tmpdir: str, max_bytes: int
+) -> tuple[cifar.Layout, list[RawMember]]:
+    """Walk the tar stream once, landing the layout's members; returns the layout and what landed.
+
+    The stream is then read to its end, so that the compressed stream's own check (gzip CRC-32 and length)
+    covers every byte before anything is committed.
+    """
+    walk = _Walk(max_bytes)
+    expanded = _Expanded(reader, max_bytes)
+    # Unbuffered: tarfile reads in 10 KiB records, so the count stays within a record of what it consumed.
+    with tarfile.open(fileobj=expanded, mode="r|") as tar:
         for info in tar:
-            name = info.name.lstrip("./") if info.name.startswith("./") else info.name
-            root, _, rel = name.partition("/")
+            root, _, rel = _archive_path(info.name).partition("/")
             found = _layout_of_root(root)
-            if found is None or not info.isfile():
-                if found is None and info.isfile():
-                    log.warning("skipping %s: not part of a CIFAR layout", info.name)
+            if found is None:
+                if info.isfile():
+                    log.warning("skipping %s: not part of a CIFAR layout", _shown(info.name))
                 continue
-            if layout is None:
-                layout, landing = found, landing_for(found)
-            elif found is not layout:
-                raise InputError(
-                    f"the archive mixes {layout.root}/ and {found.root}/",
-                    "pass one CIFAR variant per archive",
-                )
-            assert landing is not None
-            kind = _member_kind(layout, rel)
+            kind = _member_kind(found, rel)
             if kind is None:
-                continue  # readme.html and the like
+                continue  # the root folder itself, readme.html and the like
+            walk.admit(info, found, rel)
+            if walk.layout is None:
+                walk.layout, walk.landing = found, landing_for(found)
             handle = tar.extractfile(info)
-            if handle is None:
-                continue
+            assert handle is not None and walk.landing is not None  # a regular file (admit)
             entry = _Entry(info, handle, rel, kind)
-            if layout.kind == "binary" and kind != "meta":
-                members.append(_land_records(landing, layout, entry, tmpdir))
+            if found.kind == "binary" and kind != "meta":
+                walk.members.append(_land_records(walk.landing, found, entry, tmpdir))
             else:
-                members.append(_land_whole(landing, layout, entry))
-            log.debug("landed %s (%d bytes)", info.name, members[-1].bytes)
-    if layout is None:
+                walk.members.append(_land_whole(walk.landing, found, entry))
+            log.debug("landed %s (%d bytes)", entry.shown, walk.members[-1].bytes)
+    expanded.drain()
+    if walk.layout is None:
         cifar.detect_layout([])  # raises the "not a CIFAR archive" error
-    assert layout is not None
-    _check_complete(layout, members)
-    return layout, members
+    assert walk.layout is not None
+    _check_complete(walk.layout, walk.members)
+    return walk.layout, walk.members
 
 
 def _check_complete(layout: cifar.Layout, members: list[RawMember]) -> None:
@@ -473,12 +627,23 @@ def _check_complete(layout: cifar.Layout, members: list[RawMember]) -> None:
                 f"the archive holds no {split} images (an empty {layout.name} archive)",
                 "pass a complete CIFAR archive, or make one with `cifarflow synth`",
             )
+    numbers = sorted(n for m in members if (n := _batch_number(layout, m.path)) is not None)
+    missing = sorted(set(range(1, max(numbers, default=0) + 1)) - set(numbers))
+    if missing:
+        name = layout.train.replace("*", str(missing[0]))
+        raise InputError(
+            f"the archive has {len(numbers)} train batches up to "
+            f"{layout.train.replace('*', str(numbers[-1]))} but no {layout.root}/{name}",
+            "the archive is incomplete: fetch it again",
+        )
 
 
 def _bad_archive(source: Source, exc: BaseException) -> InputError:
     text = str(exc) or type(exc).__name__
-    if "unexpected end" in text or isinstance(exc, EOFError) or "end-of-stream" in text:
+    if isinstance(exc, (_Truncated, EOFError)):
         problem = f"the archive {source.shown} is truncated ({text})"
+    elif isinstance(exc, _Corrupt):
+        problem = f"the archive {source.shown} is corrupt ({text[:160]})"
     else:
         problem = f"the archive {source.shown} is not a readable tar.gz ({type(exc).__name__}: {text[:120]})"
     return InputError(problem, "fetch the archive again, or check that --source names a CIFAR .tar.gz")
@@ -512,15 +677,36 @@ def _reused(raw_url: str, index: RawIndex) -> IngestResult:
     )
 
 
-def ingest(source: str, dest: str, *, store: Store, md5: str | None = None) -> IngestResult:
+def _intact(store: Store, raw_url: str, index: RawIndex) -> bool:
+    """Whether every committed member is still there with its recorded size (one deleted by hand is re-landed)."""
+    for member in index.members:
+        url = index.url(raw_url, member)
+        try:
+            if store.size(url) == member.bytes:
+                continue
+        except FileNotFoundError:
+            pass
+        log.warning("%s is missing or has changed: landing the archive's members again", redact(url))
+        return False
+    return True
+
+
+def ingest(
+    source: str, dest: str, *, store: Store, md5: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> IngestResult:
     """Stream ``source`` (cifar10, cifar100, an http(s) URL, a bucket URL or a path) into ``DEST/raw/``."""
+    if max_bytes < 1:
+        raise InputError(f"--max-bytes {max_bytes} is not a size", "pass a positive number of bytes")
     src = resolve_source(source, md5)
     dest = normalize(dest).rstrip("/")
     raw_url = join(dest, "raw")
     store.check_reachable(dest)
     committed = _committed(store, raw_url)
+    if committed is not None and not _intact(store, raw_url, committed):
+        committed = None  # nothing to reuse: land again (the members still there are skipped)
 
-    with tempfile.TemporaryDirectory(prefix="cifarflow-ingest-") as tmpdir:
+    _remove_stale_spools()
+    with tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-") as tmpdir:
         expected = src.md5
         if expected is None:
             known, version = _identify(src, store)
@@ -539,7 +725,27 @@ def ingest(source: str, dest: str, *, store: Store, md5: str | None = None) -> I
             log.info(
                 "%s held archive %s; replacing it with %s", redact(raw_url), committed.archive.md5, expected
             )
-        return _land(src, expected, raw_url, store, tmpdir)
+        return _land(src, expected, raw_url, store, tmpdir, max_bytes=max_bytes)
+
+
+def _remove_stale_spools() -> None:
+    """Remove the spool folders of runs that were killed (SIGKILL, a lost pod): their pid is gone."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        found = re.fullmatch(re.escape(SPOOL_PREFIX) + r"(\d+)-\w+", name)
+        if found and not _alive(int(found.group(1))):
+            log.debug("removing %s, left by a killed run", name)
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _prepare_unknown(src: Source, store: Store, tmpdir: str) -> tuple[Source, str]:
@@ -570,7 +776,7 @@ def _read_source(reader: _HashingReader, buf: bytearray) -> int:
         return reader.readinto(buf)
     except _SourceFailed as exc:
         raise StorageError(
-            f"reading the source failed mid-way ({exc})", "check the network or bucket and rerun"
+            f"reading the source failed mid-way ({exc.problem})", "check the network or bucket and rerun"
         ) from exc
 
 
@@ -583,7 +789,9 @@ def _bytes_progress(what: str, total: int | None) -> Iterator[Callable[[int], No
         yield lambda n: bar.advance(task, n)
 
 
-def _land(src: Source, expected: str, raw_url: str, store: Store, tmpdir: str) -> IngestResult:
+def _land(
+    src: Source, expected: str, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
+) -> IngestResult:
     folder = expected[:16]
     started = time.perf_counter()
     landing: _Landing | None = None
@@ -599,11 +807,11 @@ def _land(src: Source, expected: str, raw_url: str, store: Store, tmpdir: str) -
         with open_source(src, store) as (stream, size), _bytes_progress("ingest", size) as tick:
             reader = _HashingReader(stream, tick)
             try:
-                layout, members = _stream_members(reader, landing_for, tmpdir)
+                layout, members = _stream_members(reader, landing_for, tmpdir, max_bytes)
                 reader.drain()
             except _SourceFailed as exc:
                 raise StorageError(
-                    f"reading {src.shown} failed mid-way ({exc})",
+                    f"reading {src.shown} failed mid-way ({exc.problem})",
                     "check the network or bucket and rerun (it resumes)",
                 ) from exc
             except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
@@ -634,6 +842,7 @@ def _land(src: Source, expected: str, raw_url: str, store: Store, tmpdir: str) -
         members=members,
     )
     store.write_text(join(raw_url, MARKER), index.to_json())
+    landing.remove_stale_tmp()
     seconds = time.perf_counter() - started
     total = sum(m.bytes for m in members)
     log.info(
