@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -81,13 +80,14 @@ def print_scores(scored: Any, *, metrics: bool = False) -> None:
 
 
 def quiet_tensorflow() -> None:
-    """TensorFlow's C++ INFO/WARNING lines drown the job's log; TF_CPP_MIN_LOG_LEVEL=0 brings them back."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Import TensorFlow without its start-up notices (all of them with --verbose): see train/tfenv.py."""
+    from cifarflow.train import tfenv
+
+    tfenv.load()
 
 
 def run_training(cfg: TrainConfig) -> Any:
     """Train with progress bars on a terminal (plain log lines in pods and CI)."""
-    quiet_tensorflow()
     from cifarflow.train import trainer
 
     with progress() as bar:
@@ -186,7 +186,6 @@ def evaluate(
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Score a trained model's SavedModel on the test split; write metrics.json and report.html."""
-    quiet_tensorflow()
     from cifarflow.train.evaluate import evaluate as evaluate_model
 
     print_scores(evaluate_model(data, model, out_url or model, store=make_store(s3_endpoint)), metrics=True)

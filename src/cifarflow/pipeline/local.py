@@ -98,8 +98,6 @@ def run_local(
     logfile = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with tempfile.TemporaryDirectory(prefix="cifarflow-local-") as tmp:
         pipeline = local_variant(definition.compile_to(Path(tmp) / "pipeline.yaml").read_text())
-    # The components' TensorFlow and Spark start in subprocesses that inherit this environment.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),

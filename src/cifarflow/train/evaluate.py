@@ -98,10 +98,12 @@ def evaluate(data: str, model: str, out: str, *, store: Store) -> EvalResult:
     source = open_source(store, data)
     if not source.has("test"):
         raise InputError(f"dataset {source.manifest.dataset_id} has no test images", "re-run preprocess")
-    from cifarflow.train import export, report
+    from cifarflow.train import tfenv
     from cifarflow.train.trainer import check_output
 
     check_output(store, out)
+    tfenv.load()  # quietly, before export imports it
+    from cifarflow.train import export, report
 
     training = _training_record(store, model)
     with export.downloaded(store, model) as local:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from cifarflow.errors import InputError, JobError, StorageError, unmark
 from cifarflow.storage import StorageConfig, Store, join, normalize, redact, translate
-from cifarflow.train import runs
+from cifarflow.train import runs, tfenv
 from cifarflow.train.config import TrainConfig
 from cifarflow.train.distribute import Role, make_strategy, role_from_env
 from cifarflow.train.source import DataSource, open_source
@@ -92,6 +92,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None) -> TrainResult:
     check_output(store, cfg.out)
     runs.check(store, cfg, source.manifest.dataset_id)
     role = role_from_env()
+    tfenv.load()  # quietly, before anything else imports it
     strategy = make_strategy(role)  # first TensorFlow call: the multi-worker runtime must start before any op
     trainer = Trainer(cfg, source=source, store=store, role=role, strategy=strategy, hooks=hooks)
     try:
