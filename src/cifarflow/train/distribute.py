@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cifarflow.errors import InputError
+from cifarflow.train import cluster_spec
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ LOCAL = Role("local", 0, 1, True)
 
 def role_from_env(env: Mapping[str, str] | None = None) -> Role:
     """Parse ``TF_CONFIG`` as a TFJob writes it; one clear error for anything this trainer cannot run."""
-    env = os.environ if env is None else env
+    # Under Kubeflow Trainer v2 (JobSet) there is no TF_CONFIG: derive it from the pod's index and peers.
+    env = cluster_spec.resolve(os.environ if env is None else env)
     raw = env.get("TF_CONFIG", "").strip()
     if not raw:
         return LOCAL
