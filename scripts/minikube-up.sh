@@ -20,6 +20,7 @@ CPUS=6
 MEMORY=12g
 DISK=40g
 GPUS=auto
+# >= 1.31: Kubeflow Trainer v2's runtime CRDs (--trainer v2) use CEL rules older API servers refuse.
 KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.32.5}
 SUBMIT=1
 UI_PORT=${UI_PORT:-8080}

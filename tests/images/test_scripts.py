@@ -244,3 +244,11 @@ def test_fetch_crds_dry_run_downloads_each_pinned_release(tmp_path: Path) -> Non
     assert len(urls) == 9
     assert all(url.startswith("https://raw.githubusercontent.com/") for url in urls)
     assert {"v1.9.4", "v2.5.2", "v2.3.0", "v0.20.0"} == {url.split("/")[5] for url in urls}
+
+
+def test_minikube_up_pins_a_kubernetes_that_serves_trainer_v2s_crds() -> None:
+    # Kubeflow Trainer v2.3.0's runtime CRDs need Kubernetes >= 1.31 (docs/kubernetes.md).
+    line = commands(dry_run("minikube-up.sh", "--gpus", "none"))[0]
+    version = line.split("--kubernetes-version ", 1)[1].split()[0]
+    major, minor = (int(part) for part in version.lstrip("v").split(".")[:2])
+    assert (major, minor) >= (1, 31), version

@@ -50,3 +50,14 @@ def test_bad_arguments_are_one_error_line() -> None:
     proc = dry_run("--only", "airflow")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown component airflow (fix: --only kfp|training|spark)"
+
+
+def test_trainer_v2_is_installed_pinned_with_jobset_instead_of_the_training_operator() -> None:
+    proc = dry_run("--only", "training", "--trainer", "v2")
+    assert proc.returncode == 0, proc.stderr
+    assert "trainer.git/manifests/overlays/manager\\?ref=v2.3.0" in proc.stdout
+    assert "training-operator" not in proc.stdout
+    assert "-n kubeflow-system wait --for=condition=Available deployment --all" in proc.stdout
+    assert "training-operator.git" in dry_run("--only", "training").stdout  # v1 stays the default
+    bad = dry_run("--trainer", "v3")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown trainer v3 (fix: --trainer v1|v2)"
