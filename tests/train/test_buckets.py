@@ -15,6 +15,27 @@ from .conftest import CLASSES
 pytestmark = pytest.mark.slow
 
 
+class Crash(Exception):
+    pass
+
+
+class CrashAt:
+    """Training hooks that stop the loop as a crash would, at one step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_start(self, *, epochs: int, steps_per_epoch: int, step: int) -> None:
+        pass
+
+    def on_step(self, step: int) -> None:
+        if step == self.step:
+            raise Crash
+
+    def on_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        pass
+
+
 def test_train_resume_and_evaluate_in_an_s3_bucket(
     s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -38,11 +59,12 @@ def test_train_resume_and_evaluate_in_an_s3_bucket(
     base = dict(
         data=data, out=out, batch_size=32, depth=8, width=4, evaluate=False, s3_endpoint=s3_server.endpoint
     )
-    first = train(TrainConfig(**base, epochs=1))  # type: ignore[arg-type]
-    assert first.resumed_from_step == 0 and first.steps == 8
+    cfg = TrainConfig(**base, epochs=2)  # type: ignore[arg-type]
+    with pytest.raises(Crash):  # the process dies in epoch 2, after epoch 1's checkpoint
+        train(cfg, hooks=CrashAt(step=10))
     assert json.loads(store.read_text(f"{out}/checkpoints/latest.json"))["step"] == 8
 
-    second = train(TrainConfig(**base, epochs=2))  # type: ignore[arg-type]
+    second = train(cfg)  # the same run: it resumes
     assert second.resumed_from_step == 8 and second.steps == 16  # restored from the bucket, not from scratch
     assert [h["epoch"] for h in second.history] == [1, 2]
     assert store.exists(f"{out}/saved_model/saved_model.pb")
