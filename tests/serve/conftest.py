@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from k8s.conftest import api, rendered  # noqa: F401  (the fake Kubernetes API server, the manifests)
 from pipeline.conftest import cli  # noqa: F401  (the CLI in-process: exit code, stdout, stderr)
 from train.conftest import tiny_dataset  # noqa: F401  (the training tests' dataset fixture)
 from train.helpers import SMALL, Proc, free_port, start, wait_for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -105,3 +106,55 @@ def print_decision(decision: Decision) -> None:
     if decision.champion is not None:
         out(f"champion_accuracy: {decision.champion.accuracy:.4f}")
     out(f"champion_record: {decision.record_url}")
+
+
+class RuntimeChoice(StrEnum):
+    cifarflow = "cifarflow"
+    tensorflow = "tensorflow"
+
+
+@app.command()
+def deploy(
+    *,
+    model: ModelUrl,
+    name: Name = "cifarflow",
+    canary_percent: Annotated[
+        int | None,
+        typer.Option("--canary-percent", min=0, max=100, help="Traffic share of the new revision (canary)."),
+    ] = None,
+    runtime: Annotated[
+        RuntimeChoice | None,
+        typer.Option("--runtime", help="cifarflow: `cifarflow serve` (V2); tensorflow: TF Serving (V1)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the InferenceService; touch nothing.")
+    ] = False,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Create or update the model's KServe InferenceService, wait until it is Ready, print its URL."""
+    from cifarflow.k8s import inferenceservice as isvc
+    from cifarflow.k8s.settings import K8sSettings
+
+    settings = K8sSettings.from_env()
+    serving = isvc.ServingSettings.from_env(runtime=runtime.value if runtime else None)
+    if dry_run:
+        import yaml
+
+        body = isvc.build(
+            settings, serving, name=isvc.service_name(name), model=model, canary_percent=canary_percent
+        )
+        typer.echo(yaml.safe_dump(body, sort_keys=False), nl=False)
+        return
+    from cifarflow.k8s.deploy import deploy as run_deploy
+
+    result = run_deploy(
+        model,
+        name=name,
+        canary_percent=canary_percent,
+        settings=settings,
+        serving=serving,
+        store=make_store(s3_endpoint),
+    )
+    out(f"inferenceservice: {result.name}")
+    out(f"action: {result.action}")
+    out(f"url: {result.url}")

@@ -121,6 +121,14 @@ class Kube:
                     raise AlreadyExists(f"{kind.kind} {body['metadata']['name']} already exists") from None
                 raise
 
+    def patch(self, kind: JobKind, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386): the fields given replace the stored ones (``cifarflow deploy``)."""
+        with self._errors("patch", kind):
+            obj: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+                kind.group, kind.version, self.namespace, kind.plural, name, patch
+            )
+            return obj
+
     def delete(self, kind: JobKind, name: str) -> None:
         """Delete with its pods (background propagation); already gone is fine."""
         with self._errors("delete", kind):
