@@ -171,3 +171,13 @@ def test_the_lock_is_exclusive_on_s3_and_a_stale_one_is_broken(s3_server: Any, s
     with gate.lock(store, url, timeout_s=5, stale_s=0.0):  # the "{}" holder has no time: stale
         assert not gate.create_exclusive(store, url, b"{}")
     assert not store.exists(url)
+
+
+def test_cifarflow_run_ends_with_the_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cifarflow.cli.serve import promote_after_run
+
+    store, models = Store(), str(tmp_path / "work" / "models")
+    model = fake_model(store, join(models, "ds-a", "resnet20-x"), 0.7)
+    promote_after_run(model, store, serve=False)
+    assert "promoted: true" in capsys.readouterr().out.splitlines()
+    assert gate.read_champion(store, join(models, "champion.json")).model == model  # type: ignore[union-attr]

@@ -38,9 +38,12 @@ def run(
             help="Name of the model folder under WORKDIR/models/<dataset>/ (default: model and settings hash).",
         ),
     ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then serve the champion (V2 protocol, port 8080) until Ctrl-C.")
+    ] = False,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Ingest, preprocess (Spark), train (TensorFlow) and evaluate; prints where the report is.
+    """Ingest, preprocess (Spark), train (TensorFlow), evaluate and promote; prints where the report is.
 
     Every step is idempotent: rerunning reuses the ingested archive and the dataset, and training resumes from
     its last checkpoint. A run is named by its settings: other settings train into their own folder.
@@ -83,3 +86,6 @@ def run(
     run_training(cfg)
     out(f"model: {model_url}")
     print_scores(evaluate(dataset.dataset_url, model_url, model_url, store=store))
+    from cifarflow.cli.serve import promote_after_run
+
+    promote_after_run(model_url, store, serve=serve)

@@ -11,6 +11,7 @@ import typer
 from cifarflow.cli.common import S3Endpoint, app, make_store, out
 from cifarflow.cli.train import quiet_tensorflow
 from cifarflow.serve.promote import Decision
+from cifarflow.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +159,16 @@ def deploy(
     out(f"inferenceservice: {result.name}")
     out(f"action: {result.action}")
     out(f"url: {result.url}")
+
+
+def promote_after_run(model_url: str, store: Store, *, serve: bool) -> None:
+    """``cifarflow run``'s last steps: the gate, then (``--serve``) the champion served locally."""
+    from cifarflow.serve.promote import promote as gate
+
+    decision = gate(model_url, store=store)
+    print_decision(decision)
+    if serve:
+        from cifarflow.serve.classifier import Classifier
+
+        champion = model_url if decision.promoted or decision.champion is None else decision.champion.model
+        run_server(Classifier.load(store, champion), name="cifarflow", port=8080)
