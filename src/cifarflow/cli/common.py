@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: the typer app, global state, common options, progress bars."""
+"""Shared CLI plumbing: the typer app, global state, common options (progress and results: cifarflow.progress)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cifarflow.log import console
+from cifarflow.progress import out, progress
 from cifarflow.storage import StorageConfig, Store
+
+__all__ = ["S3Endpoint", "app", "make_store", "out", "progress", "state"]
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -39,21 +40,3 @@ S3Endpoint = Annotated[
 
 def make_store(s3_endpoint: str | None) -> Store:
     return Store(StorageConfig.from_env(s3_endpoint))
-
-
-def progress() -> Progress:
-    """A progress bar on stderr that disappears when stdout/stderr are not a terminal (CI, KFP logs)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-
-
-def out(line: str) -> None:
-    """Results go to stdout (one fact a line) so scripts can read them; logs go to stderr."""
-    typer.echo(line)

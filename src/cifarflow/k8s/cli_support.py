@@ -17,7 +17,7 @@ from typing import Any
 
 from typer.models import OptionInfo
 
-from cifarflow.cli import common
+from cifarflow import progress
 from cifarflow.k8s import launcher, names
 from cifarflow.k8s.launcher import LaunchResult
 from cifarflow.k8s.settings import K8sSettings
@@ -28,10 +28,10 @@ def _run_id(step: str, args: list[str], run_id: str | None) -> str:
 
 
 def _report(result: LaunchResult) -> None:
-    common.out(f"job: {result.kind}/{result.name} (namespace {result.namespace})")
-    common.out(f"state: {result.state}" + (" (reused)" if result.reused else ""))
+    progress.out(f"job: {result.kind}/{result.name} (namespace {result.namespace})")
+    progress.out(f"state: {result.state}" + (" (reused)" if result.reused else ""))
     for key, value in result.outputs.items():
-        common.out(f"{key}: {value}")
+        progress.out(f"{key}: {value}")
 
 
 def preprocess_on_k8s(
