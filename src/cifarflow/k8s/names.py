@@ -19,8 +19,7 @@ LABEL_RUN = "cifarflow.io/run-id"
 ANNOTATION_SPEC_HASH = "cifarflow.io/spec-hash"
 ANNOTATION_RUN_ID = "cifarflow.io/run-id"
 
-# Spark derives pod and service names from the application name (`<name>-driver`, `<name>-<16 hex>-driver-
-# svc`),
+# Spark derives pod and service names from the application name (`<name>-driver`, `<name>-<16 hex>-driver-svc`),
 # all capped at 63 characters; 40 leaves room for every suffix Spark and the operator add.
 MAX_NAME = 40
 

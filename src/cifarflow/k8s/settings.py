@@ -75,8 +75,7 @@ class DynamicAllocation(_Model):
 
 class SparkSettings(_Model):
     image: str = "cifarflow-spark"
-    # The Spark inside the image (pyspark==4.3.0); the operator's own spark-submit is only the submitting
-    # client.
+    # The Spark inside the image (pyspark==4.3.0); the operator's spark-submit is only the submitting client.
     spark_version: str = "4.3.0"
     main_application_file: str = "local:///opt/cifarflow/main.py"
     driver: SparkPod = SparkPod()
@@ -141,8 +140,7 @@ class StorageSettings(_Model):
     Workload Identity needs none)."""
 
     s3_endpoint: str | None = "http://seaweedfs.cifarflow.svc:8333"
-    # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; None = ambient identity (Workload Identity on
-    # GKE).
+    # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; None = ambient identity (GKE Workload Identity).
     credentials_secret: str | None = "cifarflow-s3"
     # Only for the deployed one-shot jobs, which must start on GKE too where no such Secret exists.
     credentials_optional: bool = False
@@ -176,8 +174,7 @@ class K8sSettings(_Model):
     train: TrainSettings = TrainSettings()
     watch: WatchSettings = WatchSettings()
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every object and pod.")
-    # In the cluster: take the spark/trainer image refs from the deployed one-shot objects (skaffold tags
-    # them).
+    # In the cluster: take the spark/trainer image refs from the deployed one-shot objects (skaffold tags them).
     images_from_cluster: bool = False
 
     @classmethod

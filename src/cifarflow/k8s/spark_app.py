@@ -49,8 +49,7 @@ def spark_conf(settings: K8sSettings) -> dict[str, str]:
     """Spark properties that matter on Kubernetes; ``settings.spark.spark_conf`` wins over these."""
     s = settings.spark
     conf = {
-        # Executors are tracked with resourceVersion-aware polling: far fewer full LISTs against the API
-        # server.
+        # Executors are tracked with resourceVersion-aware polling: far fewer full LISTs against the API server.
         "spark.kubernetes.executor.enablePollingWithResourceVersion": "true",
         # Spark's own executor pods are removed when the application ends (the driver pod stays for its logs).
         "spark.kubernetes.executor.deleteOnTermination": "true",

@@ -100,8 +100,7 @@ def _replica(
     )
     return KubeflowOrgV1ReplicaSpec(
         replicas=replicas,
-        # ExitCode: exit codes 1-127 are permanent failures, signals (128+, e.g. a preempted node) are
-        # retried.
+        # ExitCode: exit codes 1-127 are permanent failures, signals (128+, e.g. a preempted node) are retried.
         restart_policy="ExitCode",
         template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=pod_labels), spec=pod),
     )
