@@ -17,11 +17,16 @@ import logging
 import os
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
+
+from cifarflow.errors import JobError
 
 if TYPE_CHECKING:
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
@@ -136,9 +141,98 @@ def build(
     for key, value in (conf or {}).items():
         spark_conf.set(key, value)
     log.debug("starting Spark (master %s)", resolved or "from spark-submit")
+    if not submitted():
+        launch_jvm(spark_conf)
     spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
+    jvm_quiet(False)
     spark.sparkContext.setLogLevel("INFO" if verbose() else "WARN")
     return spark
+
+
+# Spark's launcher adds --add-modules=jdk.incubator.vector to every JVM it starts (for its vectorised BLAS, which
+# cifarflow never calls), and the JVM then prints this on every start. Removing it means patching Spark's
+# launcher jar; dropping the line costs nothing.
+INCUBATOR_WARNING = "WARNING: Using incubator modules"
+JAVA_FRAME_PREFIXES = ("\tat ", "\t... ", "Caused by: ")
+
+
+class JvmStderr:
+    """The driver JVM's stderr (log4j's console, the Python workers' stderr, the JVM's own warnings), passed on to
+    ours minus what a user cannot act on: the incubator-module warning, Java stack frames and Python worker
+    tracebacks, and everything while the JVM starts or after a job failed or was interrupted (the driver then
+    reports the cause in one line). ``--verbose`` passes everything."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.quiet = threading.Event()
+        self.recent: deque[str] = deque(maxlen=50)
+        self._stream = stream
+        self._in_traceback = False
+        threading.Thread(target=self._pump, name="jvm-stderr", daemon=True).start()
+
+    def _pump(self) -> None:
+        for raw in iter(self._stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            self.recent.append(line.rstrip("\n"))
+            if self.shown(line) or verbose():
+                # os.write, not sys.stderr: no Python lock to trip over while the interpreter exits.
+                with contextlib.suppress(OSError):
+                    os.write(2, raw)
+
+    def shown(self, line: str) -> bool:
+        """Whether ``line`` reaches the terminal (tracks Python traceback blocks across calls)."""
+        if self._in_traceback:
+            # A traceback ends with its first unindented line (the exception itself).
+            self._in_traceback = line[:1].isspace()
+            return False
+        if line.startswith("Traceback (most recent call last)"):
+            self._in_traceback = True
+            return False
+        if self.quiet.is_set() or line.startswith(INCUBATOR_WARNING):
+            return False
+        return not line.startswith(JAVA_FRAME_PREFIXES)
+
+    def failure(self) -> str:
+        """The JVM's own reason for exiting, from its last lines (an exception's message)."""
+        lines = [x.strip() for x in self.recent if x.strip() and not x.startswith(JAVA_FRAME_PREFIXES)]
+        found = [x for x in lines if "Exception" in x or "Error" in x]
+        text = (found or lines or ["no output"])[-1]
+        return text.split(": ", 1)[-1] if "Exception" in text.split(": ", 1)[0] else text
+
+
+# The filter of the one driver JVM this process started (a process has at most one).
+_jvm: list[JvmStderr] = []
+
+
+def jvm_quiet(quiet: bool) -> None:
+    for pump in _jvm:
+        pump.quiet.set() if quiet else pump.quiet.clear()
+
+
+def launch_jvm(conf: SparkConf) -> None:
+    """Start the driver JVM (unless one runs already) with its stderr through :class:`JvmStderr`."""
+    from pyspark import SparkContext
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:
+        return
+    read_end, write_end = os.pipe()
+    jvm_stderr = JvmStderr(os.fdopen(read_end, "rb"))
+    _jvm[:] = [jvm_stderr]
+    jvm_stderr.quiet.set()  # start-up output only matters if the start fails, and then it is summarised
+    try:
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": write_end})
+    except PySparkRuntimeError as exc:
+        if exc.getCondition() != "JAVA_GATEWAY_EXITED":
+            raise
+        time.sleep(0.2)  # let the reader take the JVM's last lines
+        raise JobError(
+            f"Spark's JVM exited while starting: {jvm_stderr.failure()}",
+            "check Java 17+ (JAVA_HOME), --master and PYSPARK_SUBMIT_ARGS; -v shows the JVM's output",
+        ) from None
+    finally:
+        os.close(write_end)  # the JVM holds its own copy
+    SparkContext._ensure_initialized(gateway=gateway, conf=conf)
 
 
 def forward_env(spark: SparkSession) -> None:
@@ -182,8 +276,31 @@ def session(
     try:
         forward_env(spark)
         yield spark
+    except BaseException:
+        quiesce(spark)
+        raise
     finally:
         spark.stop()
+
+
+def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
+    """After a failed or interrupted job: cancel what still runs and wait until its tasks have ended.
+
+    A failed job returns while its other tasks are still being killed; stopping the session then races with
+    their status updates (Spark logs ``RejectedExecutionException`` stacks, Python workers die mid-handshake
+    and print tracebacks). Waiting for the executors to report no running task takes that race away.
+    """
+    jvm_quiet(True)  # the job's own error line says what happened; the rest is Spark winding down
+    with contextlib.suppress(Exception):  # best effort: the session may be half gone already
+        context = spark.sparkContext
+        context.cancelAllJobs()
+        tracker = context._jsc.sc().statusTracker()  # the Scala tracker: it counts running tasks per executor
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(info.numRunningTasks() for info in tracker.getExecutorInfos()):
+                return
+            time.sleep(0.1)
+        log.debug("tasks still running %.0f s after the job ended; stopping Spark anyway", timeout)
 
 
 class StageProgress:
