@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+
 from bench_common import append, build_dataset
 
 
