@@ -174,7 +174,7 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             if _is_local(fs):
-                with _local_tmp(path) as tmp, open(tmp, "wb") as handle:
+                with local_tmp(path) as tmp, open(tmp, "wb") as handle:
                     handle.write(data)
             else:
                 fs.pipe_file(path, data)
@@ -187,7 +187,7 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             if _is_local(fs):
-                with _local_tmp(path) as tmp:
+                with local_tmp(path) as tmp:
                     fs.cp_file(local_path, tmp)
             else:
                 fs.put_file(local_path, path)
@@ -219,6 +219,20 @@ class Store:
                 _ENDPOINT_FIX,
             ) from exc
 
+    def check_folder(self, url: str, option: str) -> None:
+        """Refuse a local destination folder that is, or lies under, a regular file (before any work)."""
+        url = normalize(url)
+        if not url.startswith("file://"):
+            return
+        path = url[len("file://") :]
+        while not os.path.lexists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise StorageError(
+                f"{option} {redact(url)}: {path} is a file, not a folder",
+                f"choose a folder (or a new path) for {option}",
+            )
+
     def check_reachable(self, url: str) -> None:
         """Fail early, with the fix, when the bucket behind ``url`` cannot be listed."""
         with translate(url):
@@ -240,7 +254,7 @@ TMP_INFIX = ".tmp-"  # what a local atomic write is named while it is written
 
 
 @contextlib.contextmanager
-def _local_tmp(path: str) -> Iterator[str]:
+def local_tmp(path: str) -> Iterator[str]:
     """A unique temporary name beside ``path``, renamed over it when the block finishes and removed when it
     fails (disk full, Ctrl-C): a failed write leaves nothing behind."""
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
@@ -10,7 +11,11 @@ import io
 import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -588,3 +593,146 @@ def test_wrong_credentials(archives, capsys, quiet, s3_auth_server) -> None:
 def test_bad_md5_argument(tmp_path) -> None:
     with pytest.raises(InputError, match="not an md5 sum"):
         ingest.ingest("cifar10", str(tmp_path), store=Store(StorageConfig()), md5="xyz")
+
+
+# -- interruptions, full and read-only disks, odd paths ------------------------------------------------------
+
+
+def tmp_files(root: Path) -> list[str]:
+    """Temporary files a write left behind (``<name>.tmp-<uuid>``)."""
+    return [f for f in files_under(root) if ".tmp-" in f]
+
+
+def test_ctrl_c_is_one_line(archives, tmp_path, capsys, quiet, monkeypatch) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest, "_land_records", interrupt)
+    code, _, err = run_ingest(capsys, str(archives["cifar10-binary"]), str(tmp_path / "w"))
+    assert code == 130
+    assert err == "error: interrupted (fix: rerun the same command; finished work is reused)\n"
+
+
+def test_sigterm_removes_the_spool_and_the_rerun_finishes(
+    archives, tmp_path, capsys, quiet, monkeypatch
+) -> None:
+    spools: list[str] = []
+    land = ingest._Landing.land
+
+    def killed(self, member, data=None, local_path=None):  # type: ignore[no-untyped-def]
+        if local_path is not None:  # a binary member spooled to local disk
+            spools.append(os.path.dirname(local_path))
+            os.kill(os.getpid(), signal.SIGTERM)
+        return land(self, member, data, local_path)
+
+    monkeypatch.setattr(ingest._Landing, "land", killed)
+    dest = tmp_path / "w"
+    code, _, err = run_ingest(capsys, str(archives["cifar10-binary"]), str(dest))
+    assert code == 143
+    assert err == "error: terminated by SIGTERM (fix: rerun the same command; finished work is reused)\n"
+    assert spools and not os.path.exists(spools[0])
+    monkeypatch.setattr(ingest._Landing, "land", land)
+    assert run_ingest(capsys, str(archives["cifar10-binary"]), str(dest))[0] == 0
+    assert tmp_files(dest) == []
+
+
+def test_a_killed_runs_spool_and_temp_files_are_removed(archives, tmp_path, monkeypatch) -> None:
+    """SIGKILL cannot be caught: the next run removes what the dead one left (its pid is gone)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "tmp" / f"cifarflow-ingest-{dead.pid}-x1"
+    live = tmp_path / "tmp" / f"cifarflow-ingest-{os.getpid()}-x2"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "member").write_bytes(b"\0" * 1000)
+    src, dest = archives["cifar10-binary"], tmp_path / "w"
+    half = dest / "raw" / md5_of(src)[:16] / "data_batch_1.bin.tmp-0123456789abcdef"
+    half.parent.mkdir(parents=True)
+    half.write_bytes(b"\0" * 1000)
+    ingest.ingest(str(src), str(dest), store=Store())
+    assert not stale.exists() and live.exists()
+    assert tmp_files(dest) == []
+
+
+def test_disk_full_then_resume(archives, tiny_fs, capsys, quiet) -> None:
+    """A real ENOSPC (a 1 MiB tmpfs): one line, no temporary file; with room again the rerun finishes."""
+    src = str(archives["cifar10-python"])
+    code, _, err = run_ingest(capsys, src, str(tiny_fs.path / "w"))
+    assert "error: no space left writing file://" in one_error_line(code, err)
+    assert tmp_files(tiny_fs.path) == []
+    tiny_fs.remount("size=64m")
+    code, _, err = run_ingest(capsys, src, str(tiny_fs.path / "w"))
+    assert code == 0, err
+    assert check_raw(Store(), f"file://{tiny_fs.path}/w/raw", "cifar10-python") == {
+        "train": TRAIN,
+        "test": TEST,
+    }
+    assert tmp_files(tiny_fs.path) == []
+
+
+def test_disk_full_while_copying_a_member(archives, tmp_path, capsys, quiet, monkeypatch) -> None:
+    """ENOSPC half-way through a member's copy (where a tmpfs cannot be mounted): the same one line."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    def full(self, path1: str, path2: str, **kwargs: object) -> None:
+        Path(path2).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", path2)
+
+    monkeypatch.setattr(LocalFileSystem, "cp_file", full)
+    code, _, err = run_ingest(capsys, str(archives["cifar10-binary"]), str(tmp_path / "w"))
+    assert "error: no space left writing file://" in one_error_line(code, err)
+    assert tmp_files(tmp_path / "w") == []
+
+
+def test_read_only_destination(archives, tiny_fs, capsys, quiet) -> None:
+    tiny_fs.remount("ro")
+    code, _, err = run_ingest(capsys, str(archives["cifar10-python"]), str(tiny_fs.path / "w"))
+    assert "is on a read-only file system" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_destination_is_a_file(archives, tmp_path, capsys, quiet, under: str) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    dest = tmp_path / "file" / under if under else tmp_path / "file"
+    code, _, err = run_ingest(capsys, str(archives["cifar10-python"]), str(dest))
+    assert f"{tmp_path}/file is a file, not a folder" in one_error_line(code, err)
+    assert (tmp_path / "file").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"), [("", "--source is empty"), ("DIR", "is a folder, not an archive")]
+)
+def test_source_empty_or_a_folder(tmp_path, capsys, quiet, source: str, message: str) -> None:
+    code, _, err = run_ingest(capsys, str(tmp_path) if source == "DIR" else source, str(tmp_path / "w"))
+    assert message in one_error_line(code, err)
+    assert files_under(tmp_path / "w") == []
+
+
+def test_a_deleted_member_is_landed_again(archives, tmp_path) -> None:
+    """The fix preprocess gives for a missing raw member ("re-run `cifarflow ingest`") must work."""
+    src, dest = str(archives["cifar10-python"]), str(tmp_path / "w")
+    first = ingest.ingest(src, dest, store=Store())
+    index = ingest.load_raw(Store(), first.raw_url)
+    (tmp_path / "w" / "raw" / index.folder / "data_batch_2").unlink()
+    again = ingest.ingest(src, dest, store=Store())
+    assert not again.reused and again.written == 1
+    assert check_raw(Store(), first.raw_url, "cifar10-python") == {"train": TRAIN, "test": TEST}
+    assert ingest.ingest(src, dest, store=Store()).reused
+
+
+def test_gcs_without_network_is_one_line(archives, tmp_path, dead_endpoint) -> None:
+    """gcsfs would retry six times with back-off (over a minute) and log a traceback for each attempt; the
+    command, as a user runs it, says it in one line."""
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": dead_endpoint, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    source = str(archives["cifar10-python"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "cifarflow", "ingest", "--source", source, "--dest", "gs://bucket/w"],
+        env={k: v for k, v in env.items() if k != "CIFARFLOW_LOG_LEVEL"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    error = [line for line in proc.stderr.splitlines() if " INFO " not in line]
+    assert proc.returncode == 2 and len(error) == 1, proc.stderr
+    assert error[0].startswith("error: cannot reach the storage endpoint for gs://bucket/w (127.0.0.1:")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import pickle
+import tarfile
 
 import pytest
 
-from cifarflow.errors import StorageError
-from cifarflow.storage import StorageConfig, Store, join, normalize, redact
+from cifarflow.errors import InputError, StorageError
+from cifarflow.storage import StorageConfig, Store, join, normalize, redact, translate
 
 
 def _roundtrip(store: Store, base: str) -> None:
@@ -63,3 +65,38 @@ def test_unreachable_endpoint_is_one_clear_error(s3_server, dead_endpoint) -> No
 def test_missing_bucket(s3_server) -> None:
     with pytest.raises(StorageError, match="does not exist"):
         s3_server.store().check_reachable("s3://no-such-bucket-here/x")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InputError("train: label 401 is out of range 0..99 for cifar100", "check --classes"),
+        InputError("cifar-10-batches-py/data_batch_Forbidden: holds no images", "fetch it again"),
+        ValueError("AccessDenied 401 Forbidden: Connection refused, Name or service not known"),
+        tarfile.ReadError("InvalidAccessKeyId NoSuchBucket"),
+    ],
+)
+def test_errors_are_classified_by_type_never_by_text(error: Exception) -> None:
+    """The block under translate() also runs the caller's code: its errors pass through as they are."""
+    with pytest.raises(type(error)) as raised, translate("s3://bucket/x"):
+        raise error
+    assert raised.value is error
+
+
+def test_storage_errors_are_classified_by_type() -> None:
+    with pytest.raises(StorageError, match="cannot reach the storage endpoint"), translate("s3://b/x"):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    with pytest.raises(StorageError, match="no space left writing file:///x"), translate("file:///x"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(StorageError, match="read-only file system"), translate("file:///x"):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+
+def test_a_gcs_403_is_known_by_where_gcsfs_raised_it() -> None:
+    """gcsfs turns HTTP 403 into a bare OSError; its origin (gcsfs.retry), not its text, says what it is."""
+    from gcsfs.retry import validate_response
+
+    with pytest.raises(StorageError, match="credentials rejected for gs://b/x"), translate("gs://b/x"):
+        validate_response(403, b'{"error": {"message": "nope"}}', "b/x")
+    with pytest.raises(OSError, match="Forbidden"), translate("gs://b/x"):
+        raise OSError("Forbidden: b/x")  # the same text from anywhere else is not a credentials error

@@ -189,3 +189,30 @@ def test_bad_arguments_fail_with_one_line(tmp_path, capsys) -> None:
         "error: --classes 7 is not a CIFAR variant (fix: use --classes 10 or --classes 100)\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def synth_error(capsys: pytest.CaptureFixture[str], out: str, train: str = "10") -> str:
+    """Run ``cifarflow synth`` that must fail; returns its one error line (the bad-input contract)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", out, "--train", train, "--test", "5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "(fix: " in err
+    return err
+
+
+@pytest.mark.parametrize("out", ["file", "file/x.tar.gz"])
+def test_destination_under_a_regular_file(tmp_path, capsys, monkeypatch, out: str) -> None:
+    monkeypatch.setenv("CIFARFLOW_LOG_LEVEL", "ERROR")
+    (tmp_path / "file").write_bytes(b"x")
+    assert f"{tmp_path}/file is a file, not a folder" in synth_error(capsys, str(tmp_path / out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_disk_full_and_read_only(tiny_fs, capsys, monkeypatch) -> None:
+    """A real ENOSPC and EROFS (a 1 MiB tmpfs): one line each, and no temporary file left."""
+    monkeypatch.setenv("CIFARFLOW_LOG_LEVEL", "ERROR")
+    assert "no space left writing file://" in synth_error(capsys, str(tiny_fs.path), train="2000")
+    assert list(tiny_fs.path.iterdir()) == []
+    tiny_fs.remount("ro")
+    assert "read-only file system" in synth_error(capsys, str(tiny_fs.path))

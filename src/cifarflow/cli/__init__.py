@@ -6,6 +6,8 @@ each image only needs the extra for the steps it runs.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from typing import Any
 
@@ -49,18 +51,46 @@ from cifarflow.cli import train as _train  # noqa: E402,F401
 _TyperClickException: Any = type(typer.BadParameter("")).__mro__[2]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a pod being stopped), raised like Ctrl-C so that the same clean-up runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _invoke(command: Any, argv: list[str] | None) -> Any:
+    """Run the command without typer's ``main``: it turns Ctrl-C into a bare exit 130 with no message."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    with command.make_context("cifarflow", args) as ctx:
+        return command.invoke(ctx)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user-facing failures become one ``error:`` line and exit code 2."""
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding program): keep its handler
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=argv, prog_name="cifarflow", standalone_mode=False)
+        rv = _invoke(command, argv)
     except CifarflowError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, typer.Abort):
-        sys.stderr.write("error: interrupted (fix: rerun the same command; finished work is reused)\n")
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except Terminated:
+        sys.stderr.write(
+            "error: terminated by SIGTERM (fix: rerun the same command; finished work is reused)\n"
+        )
+        sys.exit(128 + signal.SIGTERM)
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         sys.stderr.write("error: interrupted (fix: rerun the same command; finished work is reused)\n")
         sys.exit(130)
     except (click.exceptions.Exit, typer.Exit) as exc:

@@ -700,6 +700,7 @@ def ingest(
     src = resolve_source(source, md5)
     dest = normalize(dest).rstrip("/")
     raw_url = join(dest, "raw")
+    store.check_folder(dest, "--dest")
     store.check_reachable(dest)
     committed = _committed(store, raw_url)
     if committed is not None and not _intact(store, raw_url, committed):

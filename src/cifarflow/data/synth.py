@@ -27,7 +27,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from queue import Empty, Queue
@@ -37,7 +36,7 @@ import numpy as np
 
 from cifarflow.data.cifar import CHANNELS, HEIGHT, IMAGE_BYTES, LAYOUTS, ROWS_PER_BATCH, WIDTH, Layout
 from cifarflow.errors import InputError
-from cifarflow.storage import Store, basename, join, normalize, redact
+from cifarflow.storage import Store, basename, join, local_tmp, normalize, redact, translate
 
 log = logging.getLogger(__name__)
 
@@ -495,6 +494,7 @@ def write_archive(out: str, *, train: int, test: int, fmt: str, classes: int, se
         )
     layout = LAYOUTS[f"cifar{classes}-{fmt}"]
     url = archive_url(out, layout)
+    store.check_folder(url.rsplit("/", 1)[0], "--out")
     items = members(layout, train=train, test=test, seed=seed)
     images = train + test
     started = time.perf_counter()
@@ -522,15 +522,9 @@ def _atomic_target(store: Store, url: str) -> Iterator[IO[bytes]]:
     """A file to write the archive into; it appears at ``url`` only if the block finishes."""
     if url.startswith("file://"):
         path = url[len("file://") :]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as handle:
-                yield handle
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+        # Disk full or read-only: one line, and the temporary file is removed.
+        with translate(url), local_tmp(path) as tmp, open(tmp, "wb") as handle:
+            yield handle
         return
     # Object stores: build the tarball on local disk, then one upload (a multipart upload only becomes visible
     # when it completes, so readers never see a partial archive).
