@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cifarflow.data.synth import write_archive
 from cifarflow.storage import Store
 
 from .helpers import start
+from .test_quiet import NOISE
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,3 +37,6 @@ def test_run_ingests_preprocesses_trains_evaluates_and_prints_the_report(tmp_pat
     assert metrics["dataset"]["id"] in facts["dataset"] and metrics["test"]["images"] == 200
     assert metrics["training"]["job"]["steps_per_epoch"] == 900 // 64  # 10% of train held out for validation
     assert float(facts["test_accuracy"]) == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
+    # The model folder is named by the run's settings; TensorFlow's start-up notices stay off the terminal.
+    assert re.fullmatch(r"resnet20-[0-9a-f]{10}", report.parent.name), facts["model"]
+    assert not NOISE.findall(proc.err()), proc.err()
