@@ -63,7 +63,7 @@ build_wheelhouse() {
   [[ -x $PYTHON || $DRY_RUN == 1 ]] || die "no Python at $PYTHON" "run make venv first, or set PYTHON"
   run rm -rf "$dir"
   run "$PYTHON" -m pip wheel --quiet --wheel-dir "$dir" -c "$ROOT/requirements/constraints.txt" hatchling \
-    "${ROOT}[spark,train,pipeline]"
+    "${ROOT}[spark,train,pipeline,serve]"
   # The images build cifarflow from the source tree; a copy here could only be stale.
   run_sh "rm -f $dir/cifarflow-*.whl && echo $key > $dir/.stamp"
 }

@@ -210,13 +210,47 @@ def test_pipeline_image_runs_components_as_kfp_does(docker: Docker, dataset: dic
     assert planned == dataset["id"]
 
 
-def test_trainer_trains_one_epoch(docker: Docker, dataset: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def model(docker: Docker, dataset: dict[str, str]) -> str:
+    """One epoch in the trainer image: the SavedModel the serving test loads."""
     docker.ok(
         "trainer",
         *("--data", dataset["container_url"], "--out", "/data/model", "--epochs", "1", "--batch-size", "32"),
         timeout=300,
     )
+    return "/data/model"
+
+
+def test_trainer_trains_one_epoch(docker: Docker, model: str) -> None:
     assert (docker.data / "model" / "saved_model" / "saved_model.pb").is_file()
     metrics = json.loads((docker.data / "model" / "metrics.json").read_text())
     assert metrics["test"]["images"] == TEST
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
+# Inside the container (no network): wait for the server, then one V2 inference request over loopback.
+CLIENT = """
+import json, sys, time, urllib.request
+base = "http://127.0.0.1:8080"
+for _ in range(240):
+    try:
+        urllib.request.urlopen(base + "/v2/health/ready", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.5)
+meta = json.load(urllib.request.urlopen(base + "/v2/models/cifarflow"))
+n, h, w = 2, *meta["inputs"][0]["shape"][1:3]
+body = {"inputs": [{"name": meta["inputs"][0]["name"], "datatype": "UINT8", "shape": [n, h, w, 3],
+                    "data": [0] * (n * h * w * 3)}]}
+request = urllib.request.Request(base + "/v2/models/cifarflow/infer", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+print(json.dumps(json.load(urllib.request.urlopen(request, timeout=60))))
+"""
+
+
+def test_pipeline_image_serves_the_model_over_the_v2_protocol(docker: Docker, model: str) -> None:
+    """The image deploy's custom predictor runs: `cifarflow serve` answers a V2 inference request."""
+    script = f"cifarflow serve --model {model} --port 8080 & pid=$!; python -c '{CLIENT}'; rc=$?; kill $pid; exit $rc"
+    reply = json.loads(docker.ok("pipeline", "sh", "-c", script, timeout=300).strip().splitlines()[-1])
+    outputs = {output["name"]: output for output in reply["outputs"]}
+    assert any(output["datatype"] == "FP32" and output["shape"][0] == 2 for output in outputs.values())

@@ -189,7 +189,7 @@ def test_requirements_expand_extras_that_name_cifarflow_itself() -> None:
     assert not any(req.startswith("cifarflow") for req in pipeline)
 
 
-@pytest.mark.parametrize("extra", ["spark", "train", "pipeline"])
+@pytest.mark.parametrize("extra", ["spark", "train", "pipeline", "serve"])
 def test_every_image_dependency_is_pinned_by_the_constraints(extra: str) -> None:
     pinned = {
         re.split(r"==", line)[0].lower().replace("_", "-")
@@ -210,7 +210,7 @@ def test_unknown_extra_is_one_clear_error() -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "error: cifarflow has no extra 'sparkk' (fix: one of dev, k8s, pipeline, spark, train)"
+        "error: cifarflow has no extra 'sparkk' (fix: one of dev, k8s, pipeline, serve, spark, train)"
     )
 
 
