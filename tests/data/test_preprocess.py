@@ -15,10 +15,12 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -639,16 +641,29 @@ def test_end_to_end_on_gcs(spark: Any, gcs_server: Any, gcs_bucket: str, small_a
 # -- the whole command, as a user runs it -----------------------------------------------------------------------
 
 
+def start_preprocess(raw: str, out: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``cifarflow preprocess`` in a fresh process (its own JVM) and its own process group, as a shell runs it."""
+    command = [sys.executable, "-m", "cifarflow", "preprocess", "--raw", raw, "--out", str(out), *args]
+    return subprocess.Popen(
+        command,
+        env={**os.environ, "CIFARFLOW_SPARK_UI": "0", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 @pytest.mark.slow
 def test_the_command_is_quiet_and_a_task_error_is_its_last_line(planted: Any, tmp_path: Path) -> None:
     """A fresh process (its own JVM): stderr holds cifarflow's log lines and, on failure, the one error line —
     no Spark banner, no log4j warnings, no Java or Python stack traces."""
     _, _, raw = planted
-    env = {**os.environ, "CIFARFLOW_SPARK_UI": "0"}
 
     def preprocess(raw_url: str, out: Path) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "cifarflow", "preprocess", "--raw", raw_url, "--out", str(out)]
-        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        proc = start_preprocess(raw_url, out)
+        stdout, stderr = proc.communicate(timeout=600)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
     ok = preprocess(raw, tmp_path / "ok")
     assert ok.returncode == 0, ok.stderr
@@ -694,3 +709,39 @@ def test_the_jvm_stderr_keeps_what_a_user_can_act_on() -> None:
     ]
     pump.quiet.set()  # a job failed or was interrupted: its one error line says it all
     assert not pump.shown("12:00:03 ERROR spark TaskSchedulerImpl: Exception in statusUpdate\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("how", "code"),
+    [("ctrl-c", 130), ("sigterm", 143), ("sigkill", -signal.SIGKILL)],
+)
+def test_a_signal_mid_job_ends_in_one_line_and_no_stack(
+    planted: Any, tmp_path: Path, how: str, code: int
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it), ``kill`` (SIGTERM to the CLI) and
+    ``kill -9`` while Spark tasks run: the interrupted line or nothing, never py4j's or the JVM's stacks (the JVM
+    outlives a SIGKILLed driver for a moment and must not write to the terminal while it dies)."""
+    _, _, raw = planted
+    proc = start_preprocess(raw, tmp_path / "ds", CIFARFLOW_TASK_DELAY_S="60")
+    assert proc.stderr is not None
+    seen = []
+    while not any("default parallelism" in line for line in seen):
+        line = proc.stderr.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    time.sleep(3)  # the tasks are running (each sleeps for a minute)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    # communicate() returns once the JVM, which shares our stdout, has gone too.
+    _, rest = proc.communicate(timeout=120)
+    lines = "".join([*seen, rest]).splitlines()
+    assert proc.returncode == code, lines
+    if how == "sigkill":
+        assert all(" INFO cifarflow." in x for x in lines), lines
+    else:
+        assert all(" INFO cifarflow." in x for x in lines[:-1]), lines
+        assert lines[-1].startswith("error: ") and "(fix: rerun the same command" in lines[-1], lines
+    no_dataset_left(tmp_path / "ds")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -266,21 +267,62 @@ def session(
         forward_env(active)
         yield active
         return
-    spark = build(master, app_name, conf)
-    log.info(
-        "Spark %s, master %s, default parallelism %d",
-        spark.version,
-        spark.sparkContext.master,
-        spark.sparkContext.defaultParallelism,
-    )
+    with _interruptible():
+        spark = build(master, app_name, conf)
+        plain_sigint()
+        log.info(
+            "Spark %s, master %s, default parallelism %d",
+            spark.version,
+            spark.sparkContext.master,
+            spark.sparkContext.defaultParallelism,
+        )
+        try:
+            forward_env(spark)
+            yield spark
+        except BaseException:
+            quiesce(spark)
+            raise
+        finally:
+            spark.stop()
+
+
+class _NotPy4j(logging.Filter):
+    """Drops py4j's records: it logs a call cut short (Ctrl-C, SIGTERM, a JVM going away) on the *root* logger
+    with a traceback each time, while the CLI reports the interruption itself in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and py4j's logging while a session runs.
+
+    SparkContext replaces the SIGINT handler with one that calls the JVM from inside the handler: when Ctrl-C
+    lands in the middle of another JVM call (always, in a running job) that is a reentrant call on py4j's
+    socket and a page of tracebacks. Here Ctrl-C only raises KeyboardInterrupt; :func:`quiesce` then cancels
+    the jobs. A root handler like :data:`logging.lastResort`, minus py4j, keeps py4j's root records (and
+    ``logging.basicConfig``, which they would trigger) off the terminal.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_NotPy4j())
+    root.addHandler(handler)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT)
     try:
-        forward_env(spark)
-        yield spark
-    except BaseException:
-        quiesce(spark)
-        raise
+        yield
     finally:
-        spark.stop()
+        root.removeHandler(handler)
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def plain_sigint() -> None:
+    """Undo SparkContext's SIGINT handler (see :func:`_interruptible`); call right after a session starts."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
