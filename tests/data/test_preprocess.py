@@ -163,7 +163,7 @@ def reference(archive: Archive, val_fraction: float, seed: int) -> dict[str, dic
     for c in range(10):
         members = [k for k in kept if k[1] == c]
         hashes = np.frombuffer(b"".join(k[3] for k in members), dtype=np.uint8).reshape(-1, 16)
-        keys = pre.split_keys(hashes, seed) if members else []
+        keys: Any = pre.split_keys(hashes, seed) if members else []
         order = sorted(zip(keys, (k[0] for k in members), range(len(members)), strict=True))
         n_val = math.floor(len(members) * val_fraction + 0.5)
         val_rows = {members[i][0] for _, _, i in order[:n_val]}
@@ -725,7 +725,7 @@ def test_a_signal_mid_job_ends_in_one_line_and_no_stack(
     _, _, raw = planted
     proc = start_preprocess(raw, tmp_path / "ds", CIFARFLOW_TASK_DELAY_S="60")
     assert proc.stderr is not None
-    seen = []
+    seen: list[str] = []
     while not any("default parallelism" in line for line in seen):
         line = proc.stderr.readline()
         assert line, "".join(seen)
