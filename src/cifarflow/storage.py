@@ -107,9 +107,14 @@ class Store:
         if protocol in ("gs", "gcs"):
             # gcsfs probes for hierarchical-namespace buckets by default; against emulators each probe stalls.
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            # Off GCE, google-auth probes the metadata server 3 times x 3 s, twice, before it gives up on
+            # credentials; one probe finds a GKE/GCE metadata server just as well.
+            os.environ.setdefault("GCE_METADATA_DETECT_RETRIES", "1")
             # gcsfs logs a traceback for every failed retry; the translated error says it in one line.
             if not logging.getLogger("cifarflow").isEnabledFor(logging.DEBUG):
                 logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+            # Before gcsfs, whose filesystem already looks for credentials when it is made.
+            _probe_gcs(url, self.config.connect_timeout)
         fs, path = fsspec.core.url_to_fs(url, **self.config.options(protocol))
         return fs, path
 
@@ -200,25 +205,6 @@ class Store:
                 if fs.exists(path):
                     fs.rm(path, recursive=recursive)
 
-    def _probe_gcs(self, url: str) -> None:
-        """One TCP connect to the GCS endpoint: gcsfs retries a dead network six times with back-off (over a
-        minute, a traceback per attempt), so a missing network must be found before its first request."""
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
-        if emulator and emulator != "default" and "://" not in emulator:
-            emulator = "http://" + emulator  # how gcsfs reads it
-        endpoint = urlsplit(emulator if emulator not in ("", "default") else GCS_ENDPOINT)
-        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-        try:
-            with socket.create_connection(
-                (endpoint.hostname or "", port), timeout=self.config.connect_timeout
-            ):
-                pass
-        except OSError as exc:
-            raise StorageError(
-                f"cannot reach the storage endpoint for {redact(url)} ({endpoint.netloc}: {_short(exc)})",
-                _ENDPOINT_FIX,
-            ) from exc
-
     def check_folder(self, url: str, option: str) -> None:
         """Refuse a local destination folder that is, or lies under, a regular file (before any work)."""
         url = normalize(url)
@@ -238,8 +224,6 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             bucket = path.split("/", 1)[0] if not _is_local(fs) else None
-            if bucket is not None and "gs" in _protocols(fs):
-                self._probe_gcs(url)
             if bucket is not None:
                 # One request. Unlike exists(), info() raises the real reason (403, unreachable).
                 try:
@@ -248,6 +232,36 @@ class Store:
                     raise StorageError(
                         f"bucket {bucket!r} of {redact(url)} does not exist", "create it first"
                     ) from None
+
+
+def _gcs_endpoint() -> tuple[str, int]:
+    """``(host, port)`` gcsfs will talk to: ``STORAGE_EMULATOR_HOST`` (read as gcsfs reads it) or Google's."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator in ("", "default"):
+        emulator = GCS_ENDPOINT
+    elif "://" not in emulator:
+        emulator = "http://" + emulator
+    parts = urlsplit(emulator)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+_reached: set[tuple[str, int]] = set()  # endpoints this process has connected to: probed once
+
+
+def _probe_gcs(url: str, timeout: float) -> None:
+    """One TCP connect to the GCS endpoint: gcsfs retries a dead network six times with back-off (over a minute,
+    a traceback per attempt), so a missing network must be found before its first request."""
+    endpoint = _gcs_endpoint()
+    if endpoint in _reached:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            _reached.add(endpoint)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot reach the storage endpoint for {redact(url)} ({endpoint[0]}:{endpoint[1]}: {_short(exc)})",
+            _ENDPOINT_FIX,
+        ) from exc
 
 
 TMP_INFIX = ".tmp-"  # what a local atomic write is named while it is written

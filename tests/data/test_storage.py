@@ -100,3 +100,16 @@ def test_a_gcs_403_is_known_by_where_gcsfs_raised_it() -> None:
         validate_response(403, b'{"error": {"message": "nope"}}', "b/x")
     with pytest.raises(OSError, match="Forbidden"), translate("gs://b/x"):
         raise OSError("Forbidden: b/x")  # the same text from anywhere else is not a credentials error
+
+
+def test_gcs_without_network_fails_before_any_request(monkeypatch, dead_endpoint) -> None:
+    """gcsfs retries a request six times with back-off (over a minute): a dead endpoint is found first."""
+    import gcsfs
+
+    async def no_requests(*args: object, **kwargs: object) -> None:
+        raise AssertionError("gcsfs sent a request (and would retry it with back-off)")
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", dead_endpoint)
+    monkeypatch.setattr(gcsfs.GCSFileSystem, "_call", no_requests)
+    with pytest.raises(StorageError, match=r"cannot reach the storage endpoint for gs://b/x \(127\.0\.0\.1:"):
+        Store().exists("gs://b/x")
