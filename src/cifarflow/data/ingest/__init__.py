@@ -1,0 +1,251 @@
+"""Ingest: stream a CIFAR archive into a bucket as raw member files, checked, committed by a marker.
+
+Layout under ``DEST/raw/``::
+
+    DEST/raw/<md5[:16]>/data_batch_1 ...     the archive's data and meta members, byte for byte
+    DEST/raw/<md5[:16]>/_done/<member>.json  per-member completion records (what a crashed run already landed)
+    DEST/raw/_ingest.json                    the commit: layout, archive checksums, members; written last
+
+The archive is read once, as a stream (never whole in memory), hashing md5 and sha256 on the way. Every data
+member is decoded with :mod:`cifarflow.data.cifar` before it lands, so unsafe pickles, wrong image sizes and
+labels out of range fail here, in seconds, rather than inside a Spark job. Readers trust only
+``_ingest.json``.
+
+- Idempotent: when ``_ingest.json`` already records the same archive (by md5), nothing is read or written.
+- Resumable: a rerun after a crash skips members whose completion record matches what it streams.
+- Atomic: bad input removes what the run wrote; the marker is written only after the archive's md5 checks out.
+
+The modules: :mod:`.marker` (the commit marker and its reader), :mod:`.source` (resolving, downloading and
+hashing the archive), :mod:`.decompress` (bounded, checked decompression), :mod:`.stream` (the walk over the
+tar stream and each member's validation), :mod:`.land` (one run's writes and local spools); the step is here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cifarflow.data import cifar
+from cifarflow.data.ingest.decompress import DEFAULT_MAX_BYTES, UNREADABLE, bad_archive
+from cifarflow.data.ingest.land import Landing, remove_stale_spools, spool_folder
+from cifarflow.data.ingest.marker import (
+    MARKER,
+    ArchiveInfo,
+    LandedMember,
+    MemberRole,
+    RawIndex,
+    committed,
+    load_raw,
+)
+from cifarflow.data.ingest.source import (
+    ArchiveSource,
+    HashingReader,
+    SourceFailed,
+    hash_stream,
+    identify,
+    open_archive,
+    resolve_source,
+    spool,
+)
+from cifarflow.data.ingest.stream import stream_members
+from cifarflow.errors import InputError, StorageError
+from cifarflow.progress import progress
+from cifarflow.storage import Store, join, normalize, redact
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MARKER",
+    "ArchiveInfo",
+    "IngestResult",
+    "LandedMember",
+    "MemberRole",
+    "RawIndex",
+    "ingest",
+    "load_raw",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    raw_url: str
+    archive_md5: str
+    layout: str
+    reused: bool
+    members: int = 0
+    bytes: int = 0
+    written: int = 0  # members written by this run (0 when reused or everything was already landed)
+
+
+def ingest(
+    source: str, dest: str, *, store: Store, md5: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> IngestResult:
+    """Stream ``source`` (cifar10, cifar100, an http(s) URL, a bucket URL or a path) into ``DEST/raw/``."""
+    if max_bytes < 1:
+        raise InputError(f"--max-bytes {max_bytes} is not a size", "pass a positive number of bytes")
+    src = resolve_source(source, md5)
+    dest = normalize(dest).rstrip("/")
+    raw_url = join(dest, "raw")
+    store.check_folder(dest, "--dest")
+    store.check_reachable(dest)
+    previous = committed(store, raw_url)
+    if previous is not None and not _intact(store, raw_url, previous):
+        previous = None  # nothing to reuse: land again (the members still there are skipped)
+
+    remove_stale_spools()
+    with spool_folder() as tmpdir:
+        expected = src.md5
+        if expected is None:
+            known, version = identify(src, store)
+            src = dataclasses.replace(src, version=version)
+            if previous is not None and (
+                known == previous.archive.md5
+                or (version and (previous.archive.source, previous.archive.version) == (src.shown, version))
+            ):
+                return _reused(raw_url, previous)
+            # The folder is named by the md5, so it must be known before anything lands: hash a local file in
+            # place; spool anything remote to local disk once (one download, not two).
+            src, expected = _prepare_unknown(src, store, tmpdir)
+        if previous is not None and previous.archive.md5 == expected:
+            return _reused(raw_url, previous)
+        if previous is not None:
+            log.info(
+                "%s held archive %s; replacing it with %s", redact(raw_url), previous.archive.md5, expected
+            )
+        return _land(src, expected, raw_url, store, tmpdir, max_bytes=max_bytes)
+
+
+def _reused(raw_url: str, index: RawIndex) -> IngestResult:
+    log.info(
+        "%s already holds archive %s (%s): nothing to do", redact(raw_url), index.archive.md5, index.layout
+    )
+    return IngestResult(
+        raw_url,
+        index.archive.md5,
+        index.layout,
+        reused=True,
+        members=len(index.members),
+        bytes=sum(m.bytes for m in index.members),
+    )
+
+
+def _intact(store: Store, raw_url: str, index: RawIndex) -> bool:
+    """Whether every committed member is still there with its recorded size (one deleted by hand is re-landed)."""
+    for member in index.members:
+        url = index.url(raw_url, member)
+        try:
+            if store.size(url) == member.bytes:
+                continue
+        except FileNotFoundError:
+            pass
+        log.warning("%s is missing or has changed: landing the archive's members again", redact(url))
+        return False
+    return True
+
+
+def _prepare_unknown(src: ArchiveSource, store: Store, tmpdir: str) -> tuple[ArchiveSource, str]:
+    if src.kind == "store" and src.url.startswith("file://"):
+        with (
+            open_archive(src, store) as (stream, size),
+            _bytes_progress(f"hash {os.path.basename(src.url)}", size) as tick,
+        ):
+            digest, _ = hash_stream(stream, tick)
+        return src, digest
+    path = os.path.join(tmpdir, "archive")
+    with open_archive(src, store) as (stream, size), _bytes_progress("download", size) as tick:
+        digest, copied = spool(stream, path, tick)
+    log.info("downloaded %s (%d bytes) to a local spool", src.shown, copied)
+    return dataclasses.replace(src, kind="store", url="file://" + path, md5=digest), digest
+
+
+@contextlib.contextmanager
+def _bytes_progress(what: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    with progress() as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _land(
+    src: ArchiveSource, expected: str, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
+) -> IngestResult:
+    folder = expected[:16]
+    started = time.perf_counter()
+    landing: Landing | None = None
+
+    def landing_for(layout: cifar.Layout) -> Landing:
+        nonlocal landing
+        landing = Landing(store, join(raw_url, folder))
+        landing.load_done()
+        return landing
+
+    log.info("ingesting %s into %s", src.shown, redact(raw_url))
+    try:
+        with open_archive(src, store) as (stream, size), _bytes_progress("ingest", size) as tick:
+            reader = HashingReader(stream, tick)
+            try:
+                layout, members = stream_members(reader, landing_for, tmpdir, max_bytes)
+                reader.drain()
+            except SourceFailed as exc:
+                raise StorageError(
+                    f"reading {src.shown} failed mid-way ({exc.problem})",
+                    "check the network or bucket and rerun (it resumes)",
+                ) from exc
+            except UNREADABLE as exc:
+                raise bad_archive(src, exc) from exc
+        got = reader.md5.hexdigest()
+        if got != expected:
+            raise InputError(
+                f"md5 mismatch for {src.shown}: expected {expected}, got {got} (corrupt, or another archive)",
+                "fetch the archive again, or pass the right --md5",
+            )
+    except InputError:
+        # Bad input: leave nothing behind. Crashes and storage failures keep their work for the rerun.
+        if landing is not None:
+            landing.undo()
+        raise
+
+    assert landing is not None
+    index = RawIndex(
+        layout=layout.name,
+        archive=ArchiveInfo(
+            md5=got,
+            sha256=reader.sha256.hexdigest(),
+            bytes=reader.bytes,
+            source=src.shown,
+            version=src.version,
+        ),
+        folder=folder,
+        members=members,
+    )
+    store.write_text(join(raw_url, MARKER), index.to_json())
+    landing.remove_stale_tmp()
+    return _committed(raw_url, index, landing.landed, time.perf_counter() - started)
+
+
+def _committed(raw_url: str, index: RawIndex, written: int, seconds: float) -> IngestResult:
+    total = sum(m.bytes for m in index.members)
+    log.info(
+        "committed %s: %s, %d members, %.1f MB in %.1f s (%d written, %d already there)",
+        redact(join(raw_url, MARKER)),
+        index.layout,
+        len(index.members),
+        total / 1e6,
+        seconds,
+        written,
+        len(index.members) - written,
+    )
+    return IngestResult(
+        raw_url,
+        index.archive.md5,
+        index.layout,
+        reused=False,
+        members=len(index.members),
+        bytes=total,
+        written=written,
+    )

@@ -1,0 +1,95 @@
+"""The archive's decompressed bytes: bounded (decompression bombs), checked (CRC, length), with one-line errors."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+import zlib
+from typing import Any
+
+from cifarflow.data.ingest.source import CHUNK, ArchiveSource
+from cifarflow.errors import InputError
+
+# The most bytes an archive may expand to (all members, headers and padding): 23x the official CIFAR-10/100
+# (184/185 MB), and it holds the 10x synthetic set (1.69 GB). A pickled member is held in memory whole, so
+# this also bounds memory. `--max-bytes` raises it for larger sets.
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+class Truncated(tarfile.ReadError):
+    """The archive ended inside a member."""
+
+
+class Corrupt(tarfile.ReadError):
+    """The compressed stream failed its own check (CRC, length, invalid data)."""
+
+
+class Expanded(io.RawIOBase):
+    """The archive's decompressed bytes, counted against ``limit`` (a decompression bomb stops here).
+
+    Python's tarfile stream mode never checks the gzip trailer; :class:`gzip.GzipFile` does (CRC-32 and length)
+    once it is read to the end, and so do the bz2 and xz readers.
+    """
+
+    def __init__(self, raw: io.RawIOBase, limit: int) -> None:
+        self._inner = _decompressor(raw)
+        self.limit = limit
+        self.bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self._inner.read(len(b))
+        except (OSError, zlib.error, lzma.LZMAError) as exc:  # gzip.BadGzipFile is an OSError
+            raise Corrupt(f"{type(exc).__name__}: {exc}") from exc
+        n = len(data)
+        self.bytes += n
+        if self.bytes > self.limit:
+            raise too_big(f"the archive expands to more than {self.limit} bytes", self.limit)
+        b[:n] = data
+        return n
+
+    def drain(self) -> None:
+        """Read to the end, so the compressed stream's trailer is checked."""
+        buf = bytearray(CHUNK)
+        while self.readinto(buf):
+            pass
+
+
+def _decompressor(raw: io.RawIOBase) -> io.BufferedIOBase:
+    buffered = io.BufferedReader(raw, CHUNK)
+    head = buffered.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(buffered)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(buffered)
+    return buffered
+
+
+def too_big(what: str, limit: int) -> InputError:
+    return InputError(
+        f"{what}, over the --max-bytes limit of {limit} (a decompression bomb, or a very large dataset)",
+        "if the archive is trusted, pass a larger --max-bytes",
+    )
+
+
+# What a damaged archive raises while it is read (the tar reader, the end of the stream, the decompressors).
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def bad_archive(source: ArchiveSource, exc: BaseException) -> InputError:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (Truncated, EOFError)):
+        problem = f"the archive {source.shown} is truncated ({text})"
+    elif isinstance(exc, Corrupt):
+        problem = f"the archive {source.shown} is corrupt ({text[:160]})"
+    else:
+        problem = f"the archive {source.shown} is not a readable tar.gz ({type(exc).__name__}: {text[:120]})"
+    return InputError(problem, "fetch the archive again, or check that --source names a CIFAR .tar.gz")

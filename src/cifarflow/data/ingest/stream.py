@@ -1,0 +1,229 @@
+"""One pass over the tar stream: which members belong to the CIFAR layout, each validated before it lands."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from cifarflow.data import cifar
+from cifarflow.data.ingest.decompress import Expanded, Truncated, too_big
+from cifarflow.data.ingest.land import Landing
+from cifarflow.data.ingest.marker import LandedMember, MemberRole
+from cifarflow.data.ingest.source import HashingReader
+from cifarflow.errors import InputError
+from cifarflow.storage import translate
+
+log = logging.getLogger(__name__)
+
+RECORDS_PER_CHUNK = 2048  # binary records validated per step (~6 MB)
+# Kept besides the layout's meta file: CIFAR-100 binary ships its superclass names separately.
+EXTRA_META = {"cifar100-binary": {"coarse_label_names.txt"}}
+
+
+def member_role(layout: cifar.Layout, rel: str) -> MemberRole | None:
+    """What the member at ``rel`` (under the layout's root) holds; ``None``: it does not land."""
+    if not rel or "/" in rel or rel in (".", ".."):
+        # CIFAR members sit directly under the root; "data_batch_1/../../x" must not land anywhere.
+        return None
+    split = layout.split_of(rel)
+    if split is not None:
+        return split
+    if rel == layout.meta or rel in EXTRA_META.get(layout.name, set()):
+        return "meta"
+    return None
+
+
+def _layout_of_root(root: str) -> cifar.Layout | None:
+    return next((lay for lay in cifar.LAYOUTS.values() if lay.root == root), None)
+
+
+@dataclass
+class Entry:
+    """A tar member being landed."""
+
+    info: tarfile.TarInfo
+    handle: IO[bytes]
+    rel: str  # path under the layout's root
+    role: MemberRole
+
+    @property
+    def shown(self) -> str:
+        return shown(self.info.name)
+
+
+def shown(name: str) -> str:
+    """A member name fit for a one-line message: control characters escaped, long names shortened."""
+    text = name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 100 else f"{text[:60]}...{text[-20:]} ({len(name)} characters)"
+
+
+def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMember:
+    """Pickled batches and meta files: read whole (one batch is ~31 MB), validate, write."""
+    data = entry.handle.read()
+    if len(data) != entry.info.size:
+        raise Truncated(f"unexpected end of data in {entry.shown}")
+    rows = 0
+    if entry.rel == layout.meta:
+        cifar.label_names(data, layout)
+    elif entry.role != "meta":
+        rows = len(cifar.decode_python(data, layout, entry.shown))
+    digest = hashlib.sha256(data).hexdigest()
+    member = LandedMember(
+        name=entry.info.name, path=entry.rel, split=entry.role, bytes=len(data), sha256=digest, rows=rows
+    )
+    landing.land(member, data=data)
+    return member
+
+
+def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: str) -> LandedMember:
+    """Binary batches: validate chunk by chunk into a local spool, then one upload (memory: one chunk)."""
+    size = layout.record_bytes
+    sha = hashlib.sha256()
+    rows = total = 0
+    spool = os.path.join(tmpdir, "member")
+    with translate("file://" + spool), open(spool, "wb") as out:  # TMPDIR full: one line, not OSError
+        pending = b""
+        while chunk := entry.handle.read(size * RECORDS_PER_CHUNK):
+            sha.update(chunk)
+            out.write(chunk)
+            total += len(chunk)
+            pending += chunk
+            whole = len(pending) - len(pending) % size
+            if whole:
+                rows += len(cifar.decode_binary(memoryview(pending)[:whole], layout, entry.shown, rows))
+                pending = pending[whole:]
+    if total != entry.info.size:
+        raise Truncated(f"unexpected end of data in {entry.shown}")
+    if pending or rows == 0:
+        cifar.decode_binary(pending, layout, entry.shown)  # raises: a partial record, or no images
+    member = LandedMember(
+        name=entry.info.name, path=entry.rel, split=entry.role, bytes=total, sha256=sha.hexdigest(), rows=rows
+    )
+    landing.land(member, local_path=spool)
+    return member
+
+
+def _archive_path(name: str) -> str:
+    """A member's path with ``./`` and ``a/../`` folded, so an alias cannot land a member twice."""
+    return posixpath.normpath(name) if name else name
+
+
+def _batch_number(layout: cifar.Layout, rel: str) -> int | None:
+    """N of ``data_batch_N`` (``None`` for layouts with one train file); anything else there is refused."""
+    if "*" not in layout.train or layout.split_of(rel) != "train":
+        return None
+    prefix, suffix = layout.train.split("*", 1)
+    digits = rel[len(prefix) : len(rel) - len(suffix)]
+    if not re.fullmatch(r"[1-9][0-9]{0,5}", digits):
+        raise InputError(
+            f"unexpected member {shown(layout.root + '/' + rel)} in the archive",
+            f"CIFAR names its train batches {layout.train.replace('*', '1')}, "
+            f"{layout.train.replace('*', '2')}, ...: re-create the archive",
+        )
+    return int(digits)
+
+
+@dataclass
+class _Walk:
+    """What the walk over the tar stream has seen so far."""
+
+    max_bytes: int
+    layout: cifar.Layout | None = None
+    landing: Landing | None = None
+    members: list[LandedMember] = field(default_factory=list)
+    seen: dict[str, str] = field(default_factory=dict)  # rel path -> the member name it came from
+
+    def admit(self, info: tarfile.TarInfo, found: cifar.Layout, rel: str) -> None:
+        """Refuse what must not land: a second variant, a second copy, a link, a bomb."""
+        if self.layout is not None and found is not self.layout:
+            raise InputError(
+                f"the archive mixes {self.layout.root}/ and {found.root}/",
+                "pass one CIFAR variant per archive",
+            )
+        if rel in self.seen:
+            raise InputError(
+                f"the archive holds {shown(found.root + '/' + rel)} twice "
+                f"(as {shown(self.seen[rel])} and {shown(info.name)})",
+                "re-create the archive with each member once",
+            )
+        if not info.isfile():
+            what = "a symlink" if info.issym() else "a hard link" if info.islnk() else "not a regular file"
+            raise InputError(
+                f"the archive member {shown(info.name)} is {what}",
+                "re-create the archive with the file itself in it (e.g. tar --dereference --hard-dereference)",
+            )
+        if info.size > self.max_bytes:
+            raise too_big(f"{shown(info.name)} would expand to {info.size} bytes", self.max_bytes)
+        _batch_number(found, rel)
+        self.seen[rel] = info.name
+
+
+def stream_members(
+    reader: HashingReader, landing_for: Callable[[cifar.Layout], Landing], tmpdir: str, max_bytes: int
+) -> tuple[cifar.Layout, list[LandedMember]]:
+    """Walk the tar stream once, landing the layout's members; returns the layout and what landed.
+
+    The stream is then read to its end, so that the compressed stream's own check (gzip CRC-32 and length)
+    covers every byte before anything is committed.
+    """
+    walk = _Walk(max_bytes)
+    expanded = Expanded(reader, max_bytes)
+    # Unbuffered: tarfile reads in 10 KiB records, so the count stays within a record of what it consumed.
+    with tarfile.open(fileobj=expanded, mode="r|") as tar:
+        for info in tar:
+            root, _, rel = _archive_path(info.name).partition("/")
+            found = _layout_of_root(root)
+            if found is None:
+                if info.isfile():
+                    log.warning("skipping %s: not part of a CIFAR layout", shown(info.name))
+                continue
+            role = member_role(found, rel)
+            if role is None:
+                continue  # the root folder itself, readme.html and the like
+            walk.admit(info, found, rel)
+            if walk.layout is None:
+                walk.layout, walk.landing = found, landing_for(found)
+            handle = tar.extractfile(info)
+            assert handle is not None and walk.landing is not None  # a regular file (admit)
+            entry = Entry(info, handle, rel, role)
+            if found.kind == "binary" and role != "meta":
+                walk.members.append(land_records(walk.landing, found, entry, tmpdir))
+            else:
+                walk.members.append(land_whole(walk.landing, found, entry))
+            log.debug("landed %s (%d bytes)", entry.shown, walk.members[-1].bytes)
+    expanded.drain()
+    if walk.layout is None:
+        cifar.detect_layout([])  # raises the "not a CIFAR archive" error
+    assert walk.layout is not None
+    _check_complete(walk.layout, walk.members)
+    return walk.layout, walk.members
+
+
+def _check_complete(layout: cifar.Layout, members: list[LandedMember]) -> None:
+    if not any(m.path == layout.meta for m in members):
+        raise InputError(
+            f"the archive has {layout.root}/ but no {layout.meta} (class names)",
+            "the archive is incomplete: fetch it again",
+        )
+    for split in ("train", "test"):
+        if not any(m.split == split and m.rows for m in members):
+            raise InputError(
+                f"the archive holds no {split} images (an empty {layout.name} archive)",
+                "pass a complete CIFAR archive, or make one with `cifarflow synth`",
+            )
+    numbers = sorted(n for m in members if (n := _batch_number(layout, m.path)) is not None)
+    missing = sorted(set(range(1, max(numbers, default=0) + 1)) - set(numbers))
+    if missing:
+        name = layout.train.replace("*", str(missing[0]))
+        raise InputError(
+            f"the archive has {len(numbers)} train batches up to "
+            f"{layout.train.replace('*', str(numbers[-1]))} but no {layout.root}/{name}",
+            "the archive is incomplete: fetch it again",
+        )
