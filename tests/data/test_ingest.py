@@ -25,6 +25,8 @@ import pytest
 
 from cifarflow.cli import main
 from cifarflow.data import cifar, ingest, synth
+from cifarflow.data.ingest import stream
+from cifarflow.data.ingest.land import Landing
 from cifarflow.errors import InputError
 from cifarflow.storage import StorageConfig, Store
 
@@ -158,7 +160,7 @@ def test_bucket_source_reused_without_reading(s3_server, s3_bucket, archives, mo
     def no_reads(*args, **kwargs):
         raise AssertionError("the archive was read again")
 
-    monkeypatch.setattr(ingest, "open_source", no_reads)
+    monkeypatch.setattr(ingest, "open_archive", no_reads)
     assert ingest.ingest(src, s3_bucket + "/work", store=store).reused
 
 
@@ -607,7 +609,7 @@ def test_ctrl_c_is_one_line(archives, tmp_path, capsys, quiet, monkeypatch) -> N
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ingest, "_land_records", interrupt)
+    monkeypatch.setattr(stream, "land_records", interrupt)
     code, _, err = run_ingest(capsys, str(archives["cifar10-binary"]), str(tmp_path / "w"))
     assert code == 130
     assert err == "error: interrupted (fix: rerun the same command; finished work is reused)\n"
@@ -617,7 +619,7 @@ def test_sigterm_removes_the_spool_and_the_rerun_finishes(
     archives, tmp_path, capsys, quiet, monkeypatch
 ) -> None:
     spools: list[str] = []
-    land = ingest._Landing.land
+    land = Landing.land
 
     def killed(self, member, data=None, local_path=None):  # type: ignore[no-untyped-def]
         if local_path is not None:  # a binary member spooled to local disk
@@ -625,13 +627,13 @@ def test_sigterm_removes_the_spool_and_the_rerun_finishes(
             os.kill(os.getpid(), signal.SIGTERM)
         return land(self, member, data, local_path)
 
-    monkeypatch.setattr(ingest._Landing, "land", killed)
+    monkeypatch.setattr(Landing, "land", killed)
     dest = tmp_path / "w"
     code, _, err = run_ingest(capsys, str(archives["cifar10-binary"]), str(dest))
     assert code == 143
     assert err == "error: terminated by SIGTERM (fix: rerun the same command; finished work is reused)\n"
     assert spools and not os.path.exists(spools[0])
-    monkeypatch.setattr(ingest._Landing, "land", land)
+    monkeypatch.setattr(Landing, "land", land)
     assert run_ingest(capsys, str(archives["cifar10-binary"]), str(dest))[0] == 0
     assert tmp_files(dest) == []
 

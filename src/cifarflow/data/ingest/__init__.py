@@ -125,14 +125,12 @@ def _reused(raw_url: str, index: RawIndex) -> IngestResult:
     log.info(
         "%s already holds archive %s (%s): nothing to do", redact(raw_url), index.archive.md5, index.layout
     )
-    return IngestResult(
-        raw_url,
-        index.archive.md5,
-        index.layout,
-        reused=True,
-        members=len(index.members),
-        bytes=sum(m.bytes for m in index.members),
-    )
+    return _result(raw_url, index, reused=True)
+
+
+def _result(raw_url: str, index: RawIndex, *, reused: bool, written: int = 0) -> IngestResult:
+    total = sum(m.bytes for m in index.members)
+    return IngestResult(raw_url, index.archive.md5, index.layout, reused, len(index.members), total, written)
 
 
 def _intact(store: Store, raw_url: str, index: RawIndex) -> bool:
@@ -229,23 +227,15 @@ def _land(
 
 
 def _committed(raw_url: str, index: RawIndex, written: int, seconds: float) -> IngestResult:
-    total = sum(m.bytes for m in index.members)
+    result = _result(raw_url, index, reused=False, written=written)
     log.info(
         "committed %s: %s, %d members, %.1f MB in %.1f s (%d written, %d already there)",
         redact(join(raw_url, MARKER)),
         index.layout,
-        len(index.members),
-        total / 1e6,
+        result.members,
+        result.bytes / 1e6,
         seconds,
         written,
-        len(index.members) - written,
+        result.members - written,
     )
-    return IngestResult(
-        raw_url,
-        index.archive.md5,
-        index.layout,
-        reused=False,
-        members=len(index.members),
-        bytes=total,
-        written=written,
-    )
+    return result
