@@ -466,6 +466,20 @@ def test_outputs_that_hold_another_dataset_are_refused(
     with pytest.raises(ConflictError, match="holds a different dataset"):
         pre.preprocess(raw, str(out), val_fraction=0.3, store=store)
 
+    # A committed dataset with one flipped byte in a shard (same size) is not silently reused.
+    shard = next(dataset.glob("train/*.parquet"))
+    original = shard.read_bytes()
+    shard.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+    code, _, err = run_cli(["preprocess", "--raw", raw, "--out", str(out), "--val-fraction", "0.2"], capsys)
+    assert_one_error_line(code, err, "holds a damaged dataset", "does not match its manifest checksum")
+    shard.write_bytes(original)
+
+    # --raw naming a dataset instead of ingest's raw folder.
+    code, _, err = run_cli(["preprocess", "--raw", str(dataset), "--out", str(out)], capsys)
+    assert_one_error_line(
+        code, err, "is a dataset that `cifarflow preprocess` wrote", "fix: pass --raw DEST/raw"
+    )
+
     # A committed dataset whose shard went missing is not silently reused.
     next(dataset.glob("val/*.parquet")).unlink()
     code, _, err = run_cli(["preprocess", "--raw", raw, "--out", str(out), "--val-fraction", "0.2"], capsys)
@@ -509,7 +523,11 @@ def _bad_members() -> dict[str, tuple[str, bytes | None, tuple[str, ...]]]:
         "label-out-of-range": ("data_batch_3", python_batch(images, labels + 5), ("out of range 0..9",)),
         "empty-batch": ("test_batch", python_batch(images[:0], labels[:0]), ("holds no images",)),
         "not-a-pickle": ("data_batch_1", b"\x80\x02garbage", ("not a readable CIFAR pickle",)),
-        "missing-member": ("data_batch_3", None, ("is missing", "re-run `cifarflow ingest`")),
+        "missing-member": (
+            "data_batch_3",
+            None,
+            ("is missing", "re-run the same `cifarflow ingest --source"),
+        ),
     }
 
 
@@ -531,6 +549,19 @@ def test_bad_raw_members_fail_in_tasks_with_one_line(
     code, _, err = run_cli(["preprocess", "--raw", fresh_raw, "--out", str(tmp_path / "ds")], capsys)
     assert_one_error_line(code, err, *needles)
     no_dataset_left(tmp_path / "ds")
+
+
+def test_the_fix_for_a_missing_raw_file_works(
+    spark: Any, fresh_raw: str, tmp_path: Path, capsys: Any
+) -> None:
+    doctor(fresh_raw, "data_batch_3", None)
+    command = ["preprocess", "--raw", fresh_raw, "--out", str(tmp_path / "ds")]
+    code, _, err = run_cli(command, capsys)
+    assert_one_error_line(code, err, "is missing", "lands missing files again")
+    # What the fix says: the same ingest command again.
+    ingest(tmp_path / "cifar-10-python.tar.gz", str(tmp_path / "work"), Store())
+    code, out, _ = run_cli(command, capsys)
+    assert code == 0 and out[0].startswith("dataset: ds-"), out
 
 
 def test_raw_files_changed_after_ingest_are_refused(
@@ -577,6 +608,91 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path: Path, capsys: Any, monkey
         ["preprocess", "--raw", "s3://bucket/raw", "--out", "s3://bucket/ds", "--s3-endpoint", dead], capsys
     )
     assert_one_error_line(code, err, "cannot reach the storage endpoint")
+
+
+def test_a_bad_master_is_one_line_naming_it(fresh_raw: str, tmp_path: Path, capsys: Any) -> None:
+    code, _, err = run_cli(
+        ["preprocess", "--raw", fresh_raw, "--out", str(tmp_path / "ds"), "--master", "bogus://x"], capsys
+    )
+    assert_one_error_line(code, err, "--master 'bogus://x' is not a Spark master URL", "fix: pass local[*]")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_unwritable_output_is_refused_before_spark_starts(
+    fresh_raw: str, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    def no_spark(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Spark started")
+
+    monkeypatch.setattr(sparkmod, "session", no_spark)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = run_cli(["preprocess", "--raw", fresh_raw, "--out", str(blocker / "ds")], capsys)
+    assert_one_error_line(code, err, "cannot write to --out", "fix: pass an --out folder you can write to")
+
+
+def test_a_failing_run_removes_only_its_own_attempt(
+    spark: Any, fresh_raw: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Another run of the same input is filling its attempt folder and has begun moving shards into OUT/<id>/
+    when this one fails after writing all its shards: only this run's own attempt folder goes."""
+    store = Store()
+    out = tmp_path / "ds"
+    source = pre.read_source(store, fresh_raw)
+    ds_id = mf.dataset_id(source.checksum, pre.parameters(source, 0.1, 0))
+    others = [out / f"_attempt-{ds_id}-other" / "train" / "part-00001-000.parquet", out / ds_id / "val" / "x"]
+    for path in others:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"another run's")
+
+    def fail(*args: Any) -> Any:
+        assert len(list(out.glob("_attempt-*/*/part-*.parquet"))) > 1  # this run's shards were written
+        raise JobError("pass 2 went wrong", "test")
+
+    monkeypatch.setattr(pre, "assemble", fail)
+    with pytest.raises(JobError, match="pass 2 went wrong"):
+        pre.preprocess(fresh_raw, str(out), store=store)
+    assert all(path.read_bytes() == b"another run's" for path in others)
+    assert sorted(p.name for p in out.iterdir()) == sorted([ds_id, f"_attempt-{ds_id}-other"])
+
+
+def test_the_commit_checks_every_shard_it_lists(
+    spark: Any, fresh_raw: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A shard that another run (or tool) removes between the write pass and the commit stops the commit."""
+    move = mf.move
+
+    def move_then_lose(store: Store, src: str, dst: str) -> None:
+        move(store, src, dst)
+        if dst.endswith("part-00001-000.parquet"):
+            Path(dst.removeprefix("file://")).unlink()
+
+    monkeypatch.setattr(mf, "move", move_then_lose)
+    with pytest.raises(JobError, match="is listed in the manifest but missing, just before the commit"):
+        pre.preprocess(fresh_raw, str(tmp_path / "ds"), store=Store())
+    assert not list((tmp_path / "ds").glob("**/_manifest.json"))
+    assert not list((tmp_path / "ds").glob("_attempt-*"))
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_beside_another_leaves_it_whole(planted: Any, tmp_path: Path) -> None:
+    """Two runs of the same input at once, one with a bad --master: the other commits a whole dataset."""
+    _, _, raw = planted
+    out = tmp_path / "ds"
+    # One core and slow tasks: the write pass takes several waves, so the second run fails in the middle of it.
+    slow = start_preprocess(raw, out, "--master", "local[1]", CIFARFLOW_TASK_DELAY_S="5")
+    deadline = time.monotonic() + 300
+    while not list(out.glob("**/part-*.parquet")):
+        assert slow.poll() is None and time.monotonic() < deadline, slow.communicate()
+        time.sleep(0.2)
+    bad = start_preprocess(raw, out, "--master", "bogus://x")
+    assert bad.wait(timeout=120) == 2
+    stdout, stderr = slow.communicate(timeout=300)
+    assert slow.returncode == 0, stderr
+    store = Store()
+    manifest, base = mf.load(store, str(out / stdout.split("dataset: ")[1].split()[0]))
+    mf.verify(store, manifest, base)  # every listed shard is there, with its checksum
+    assert [p.name for p in out.iterdir()] == [manifest.dataset_id]  # no attempt folder left
 
 
 def test_a_bad_val_fraction_is_refused_by_the_api() -> None:

@@ -28,7 +28,7 @@ from cifarflow.storage import Store
 
 pytestmark = pytest.mark.slow
 
-SPARK_HOME = Path(__import__("pyspark").__file__).parent
+SPARK_HOME = Path(str(__import__("pyspark").__file__)).parent
 
 
 def free_port() -> int:
@@ -226,10 +226,10 @@ def test_an_executor_killed_mid_job_changes_nothing(cluster: Cluster, raw: str, 
 
     rough = tmp_path / "rough"
     proc = _preprocess(cluster, raw, rough, delay=2.0)
-    shards = rough / dataset_id
-    # Kill when the write pass has produced its first shard: other tasks are in flight on both executors.
+    # Kill when the write pass has produced its first shard (in the run's attempt folder until the commit):
+    # other tasks are in flight on both executors.
     deadline = time.monotonic() + 180
-    while not list(shards.glob("*/part-*.parquet")):
+    while not list(rough.glob(f"_attempt-{dataset_id}-*/*/part-*.parquet")):
         assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
         assert time.monotonic() < deadline, "the write pass never started"
         time.sleep(0.2)
@@ -246,4 +246,5 @@ def test_an_executor_killed_mid_job_changes_nothing(cluster: Cluster, raw: str, 
     assert on_disk == {
         f["path"] for split in listed.values() for f in split["files"]
     }  # no strays, no orphans
+    assert [p.name for p in rough.iterdir()] == [dataset_id]  # the attempt folder went with the commit
     assert victims[0] not in cluster.executors()  # it really died (the worker started a new one)

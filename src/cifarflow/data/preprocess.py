@@ -30,6 +30,7 @@ import math
 import os
 import posixpath
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from cifarflow.data import manifest as mf
+from cifarflow.data import spark as sparkmod
 from cifarflow.data.cifar import (
     IMAGE_BYTES,
     LAYOUTS,
@@ -52,6 +54,7 @@ from cifarflow.errors import (
     ConflictError,
     InputError,
     JobError,
+    StorageError,
     marked,
     unmark,
 )
@@ -257,7 +260,10 @@ def read_split(ctx: TaskContext, split: InputSplit) -> Batch:
                 handle.seek(split.offset)
                 data = handle.read(split.length)
     except FileNotFoundError as exc:
-        raise InputError(f"raw file {redact(split.url)} is missing", "re-run `cifarflow ingest`") from exc
+        raise InputError(
+            f"raw file {redact(split.url)} is missing",
+            "re-run the same `cifarflow ingest --source ... --dest ...`: it lands missing files again",
+        ) from exc
     if len(data) != split.length or (split.sha256 and hashlib.sha256(data).hexdigest() != split.sha256):
         raise InputError(
             f"raw file {redact(split.url)} does not match what ingest recorded (changed or truncated)",
@@ -490,6 +496,12 @@ def read_source(store: Store, raw_url: str) -> Source:
     from cifarflow.data.ingest import load_raw
 
     raw_url = normalize(raw_url).rstrip("/")
+    if store.exists(join(raw_url, mf.MANIFEST)) or raw_url.endswith("/" + mf.MANIFEST):
+        raise InputError(
+            f"--raw {redact(raw_url)} is a dataset that `cifarflow preprocess` wrote, not ingest's raw folder",
+            "pass --raw DEST/raw (the folder `cifarflow ingest --dest DEST` wrote); "
+            "train on this dataset with `cifarflow train --data` instead",
+        )
     index = load_raw(store, raw_url)
     layout = LAYOUTS[index.layout]
     members = [
@@ -561,6 +573,8 @@ class Job:
     splits: list[InputSplit]
     dataset_id: str
     dataset_url: str
+    out_url: str  # the datasets root
+    staging_url: str  # this attempt's own folder: its tasks write here, and only it is removed on failure
     parameters: dict[str, Any]
     class_names: list[str]
     val_fraction: float
@@ -587,6 +601,7 @@ def preprocess(
         raise InputError(f"val fraction {val_fraction} is outside [0, 1)", "pass a --val-fraction below 1")
     if partitions is not None and partitions < 1:
         raise InputError(f"--partitions {partitions} must be at least 1", "leave it out or pass 1 or more")
+    sparkmod.check_master(master)
     out = normalize(out).rstrip("/")
     source = read_source(store, raw)
     params = parameters(source, val_fraction, seed)
@@ -602,12 +617,17 @@ def preprocess(
         return PreprocessResult(
             ds_id, dataset_url, manifest_url, True, counts, dict(stats.duplicates), time.monotonic() - started
         )
+    # Concurrent runs of the same input share OUT/<id>/; each writes under its own attempt folder until commit.
+    staging = join(out, f"_attempt-{ds_id}-{uuid.uuid4().hex[:12]}")
+    check_writable(store, out, staging)
     job = Job(
         store=store,
         source=source,
         splits=plan_splits(source.members, source.layout, partitions),
         dataset_id=ds_id,
         dataset_url=dataset_url,
+        out_url=out,
+        staging_url=staging,
         parameters=params,
         class_names=label_names(store.read_bytes(source.meta_url), source.layout),
         val_fraction=val_fraction,
@@ -622,17 +642,16 @@ def preprocess(
         redact(dataset_url),
         len(job.splits),
     )
-    from cifarflow.data import spark as sparkmod
-
     try:
         with sparkmod.session(master, app_name=f"cifarflow-preprocess-{ds_id}") as spark:
             manifest, stats = run_job(spark, job)
-        manifest_url = mf.commit(store, dataset_url, manifest, stats)
-    except BaseException as exc:
-        _clean_failed(store, dataset_url)
-        if isinstance(exc, Exception) and not isinstance(exc, CifarflowError):
+        manifest_url = commit(job, manifest, stats)
+    except Exception as exc:
+        if not isinstance(exc, CifarflowError):
             raise _user_error(exc) from None
         raise
+    finally:
+        _remove_attempt(store, staging)
     counts = {name: s.rows for name, s in manifest.splits.items()}
     seconds = time.monotonic() - started
     log.info(
@@ -680,7 +699,7 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
     dropped = spark.sparkContext.broadcast(plan.dropped)
     try:
         task = functools.partial(
-            write_task, ctx=ctx, dataset=job.dataset_url, dropped=dropped, cutoffs=plan.cutoffs
+            write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs
         )
         with StageProgress(spark, "pass 2/2: split and write shards"):
             rows = inputs.mapInArrow(task, spark_schema(SHARD_ARROW)).collect()
@@ -707,7 +726,6 @@ def assemble(job: Job, rows: list[Any], plan: SplitPlan) -> tuple[mf.Manifest, m
             "re-run `cifarflow preprocess`; if it persists, re-run `cifarflow ingest` into a fresh folder",
         )
     mean, std = mean_std(sums, squares, sum(counts["train"]) * (IMAGE_BYTES // 3))
-    _remove_strays(job.store, job.dataset_url, files)
     splits = {
         s: mf.SplitInfo(rows=sum(counts[s]), files=sorted(files[s], key=lambda f: f.path)) for s in mf.SPLITS
     }
@@ -746,11 +764,51 @@ def _remove_strays(store: Store, dataset_url: str, files: dict[str, list[mf.File
                 store.remove(url, recursive=True)
 
 
-def _clean_failed(store: Store, dataset_url: str) -> None:
-    """After a failure, remove this attempt's shards (never a committed dataset)."""
+def _remove_attempt(store: Store, staging: str) -> None:
+    """Remove this attempt's own folder, and nothing else: another run of the same input may be filling
+    OUT/<id>/ (or its own attempt folder) right now."""
     with contextlib.suppress(Exception):
-        if not store.exists(join(dataset_url, mf.MANIFEST)):
-            store.remove(dataset_url, recursive=True)
+        store.remove(staging, recursive=True)
+
+
+def check_writable(store: Store, out: str, staging: str) -> None:
+    """Write and delete a probe in this attempt's folder: an unwritable --out fails here, before Spark starts."""
+    probe = join(staging, "_probe")
+    try:
+        store.write_bytes(probe, b"")
+        store.remove(probe)
+    except (StorageError, OSError) as exc:
+        problem = exc.problem if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+        fix = (
+            exc.fix
+            if isinstance(exc, StorageError) and "://" in out and not out.startswith("file:")
+            else None
+        )
+        raise StorageError(
+            f"cannot write to --out {redact(out)} ({problem})",
+            fix or "pass an --out folder you can write to (check its permissions and free space)",
+        ) from None
+
+
+def commit(job: Job, manifest: mf.Manifest, stats: mf.Stats) -> str:
+    """Move this attempt's shards into OUT/<id>/, check every listed shard's checksum there, then write the
+    manifest (the commit). Returns the manifest URL."""
+    store, dataset = job.store, job.dataset_url
+    if check_destination(store, job.out_url, dataset, job.dataset_id, job.parameters):
+        log.info("another run committed %s meanwhile: keeping its files", job.dataset_id)
+        return join(dataset, mf.MANIFEST)
+    files = {name: split.files for name, split in manifest.splits.items()}
+    for entry in itertools.chain.from_iterable(files.values()):
+        mf.move(store, join(job.staging_url, entry.path), join(dataset, entry.path))
+    _remove_strays(store, dataset, files)
+    try:
+        mf.verify(store, manifest, dataset)
+    except InputError as exc:
+        raise JobError(
+            f"{exc.problem}, just before the commit: did another run or tool change {redact(dataset)}?",
+            "re-run `cifarflow preprocess` (nothing was committed)",
+        ) from None
+    return mf.commit(store, dataset, manifest, stats)
 
 
 def _user_error(exc: Exception) -> CifarflowError:

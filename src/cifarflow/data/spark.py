@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import IO, TYPE_CHECKING
 
-from cifarflow.errors import JobError
+from cifarflow.errors import InputError, JobError
 
 if TYPE_CHECKING:
     from pyspark import SparkConf
@@ -79,6 +80,19 @@ LOCAL_JAVA_OPTIONS = "-Xms64m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 def submitted() -> bool:
     """Whether this process is a driver that spark-submit started (the JVM and the master already exist)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+# What SparkContext accepts as a master (Spark 4: no Mesos); anything else makes the JVM exit at start-up.
+MASTER_PATTERN = re.compile(r"local(\[(\*|\d+)(,\s*\d+)?\])?|local-cluster\[.+\]|yarn|(spark|k8s)://.+")
+
+
+def check_master(master: str | None) -> None:
+    """Refuse a --master Spark would not start with, before anything else runs."""
+    if master and not MASTER_PATTERN.fullmatch(master):
+        raise InputError(
+            f"--master {master!r} is not a Spark master URL",
+            "pass local[*], local[N], spark://HOST:7077 or k8s://https://HOST:PORT, or leave --master out",
+        )
 
 
 def resolve_master(master: str | None) -> str | None:
