@@ -1,5 +1,6 @@
 """KFP wiring of cifarflow (components and the pipeline). The logic lives in ``src/cifarflow``.
 
-The CLI loads this folder by path (see :mod:`cifarflow.pipeline.definition`): from a source checkout, from the
-pipeline image (which copies it and sets ``CIFARFLOW_PIPELINES_DIR``), or from a wheel built with a copy.
+A regular package, ``pipelines``: the CLI imports it from a source checkout, or from the folder
+``CIFARFLOW_PIPELINES_DIR`` names (the pipeline image copies it to /opt/cifarflow/pipelines); see
+:mod:`cifarflow.pipeline.definition`.
 """

@@ -15,6 +15,9 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
+from cifarflow import config, deployment
+from cifarflow.train.config import TrainConfig
+
 from . import components as c
 
 PIPELINE_NAME = "cifarflow-cifar10"
@@ -30,9 +33,13 @@ DEADLINES = {
 }
 JOB_MARGIN_S = 600
 
-# The cluster's settings, read by cifarflow.pipeline.steps.deployment(); parameters left empty defer to them.
+# The cluster's settings, read by cifarflow.deployment; parameters left empty defer to them.
 DEFAULTS_CONFIG_MAP = "cifarflow-defaults"
-DEFAULTS_DIR = "/etc/cifarflow/defaults"
+DEFAULTS_DIR = deployment.DEFAULTS_DIR
+
+# Parameter defaults come from the configs that declare them (tests/pipeline/test_defaults.py checks them).
+TRAIN = config.defaults(TrainConfig)
+PREPROCESS = config.defaults(config.PreprocessConfig)
 
 # Bucket credentials for S3-compatible stores (MinIO/SeaweedFS). Optional, so the same pipeline runs on GKE
 # with Workload Identity and no Secret at all.
@@ -80,18 +87,18 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     spark_image: str = "",
     trainer_image: str = "",
     bucket_secret: str = "cifarflow-s3",
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    partitions: int = 0,
+    val_fraction: float = PREPROCESS["val_fraction"],
+    seed: int = PREPROCESS["seed"],  # the split's and training's (the same default)
+    partitions: int = 0,  # PreprocessConfig's None: one read task per file
     spark_executors: int = 2,
     spark_executor_cores: int = 1,
     spark_executor_memory: str = "1g",
     spark_driver_memory: str = "1g",
     train_workers: int = 2,
     gpus_per_worker: int = -1,
-    model: str = "resnet20",
-    epochs: int = 30,
-    batch_size: int = 128,
+    model: str = TRAIN["model"],
+    epochs: int = TRAIN["epochs"],
+    batch_size: int = TRAIN["batch_size"],
     run_name: str = "",
 ) -> Outputs:
     """CIFAR-10 from a bucket to an evaluated model. Empty values defer to the cluster's cifarflow-defaults.

@@ -5,7 +5,7 @@ Spark job, the TFJob, evaluation) lives in ``src/cifarflow``. KFP ships a compon
 module, so every body imports what it uses and no module-level name is visible inside a body.
 
 No ``from __future__ import annotations`` here: KFP reads the annotations as types to build the component
-specs.
+specs. Every input is described in its component's ``Args:`` (KFP shows those descriptions in its UI).
 """
 
 import functools
@@ -22,7 +22,15 @@ component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_packa
 @component
 def ingest(source: str, workdir: str, s3_endpoint: str) -> str:
     """Land the archive's members under WORKDIR/raw (idempotent: the same archive is not copied twice).
-    Returns the raw folder's URL."""
+
+    Args:
+        source: cifar10, cifar100, an http(s) URL, or a bucket URL of a CIFAR archive.
+        workdir: Bucket URL for raw data, datasets and models ("" = the cluster's CIFARFLOW_WORKDIR).
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+
+    Returns:
+        The raw folder's URL.
+    """
     from cifarflow.pipeline import steps
 
     return steps.ingest(source=source, workdir=workdir, s3_endpoint=s3_endpoint).raw_url
@@ -31,7 +39,16 @@ def ingest(source: str, workdir: str, s3_endpoint: str) -> str:
 @component
 def plan(raw_url: str, val_fraction: float, seed: int, s3_endpoint: str) -> str:
     """Compute the content-addressed dataset id from the raw index and the parameters (cheap, never cached).
-    Returns the dataset id."""
+
+    Args:
+        raw_url: The raw folder ingest wrote.
+        val_fraction: Share of each class's train images held out for validation.
+        seed: Seed of the train/val split.
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+
+    Returns:
+        The dataset id.
+    """
     from cifarflow.pipeline import steps
 
     return steps.plan(raw_url=raw_url, val_fraction=val_fraction, seed=seed, s3_endpoint=s3_endpoint)
@@ -57,34 +74,51 @@ def preprocess(
     timeout_s: int,
     dataset: Output[Dataset],
 ) -> None:
-    """Run the Spark job (a SparkApplication, or Spark local mode) unless the dataset is already committed."""
-    from cifarflow.pipeline import steps
+    """Run the Spark job (a SparkApplication, or Spark local mode) unless the dataset is already committed.
+
+    Args:
+        dataset_id: The id plan computed; the job is named after it, so a retry re-attaches.
+        raw_url: The raw folder ingest wrote.
+        workdir: Bucket URL for raw data, datasets and models ("" = the cluster's CIFARFLOW_WORKDIR).
+        val_fraction: Share of each class's train images held out for validation.
+        seed: Seed of the train/val split.
+        partitions: Spark read tasks (0 = one per input file or 16 MiB range).
+        backend: k8s (a SparkApplication) or local (Spark local mode in this pod).
+        namespace: Namespace of the SparkApplication ("" = the cluster's).
+        spark_image: Image of the SparkApplication ("" = the tag skaffold deployed).
+        spark_executors: Initial Spark executors (dynamic allocation scales from there).
+        spark_executor_cores: Cores per executor.
+        spark_executor_memory: JVM memory per executor (e.g. 1g).
+        spark_driver_memory: JVM memory of the driver (e.g. 1g).
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+        timeout_s: Seconds the SparkApplication may run before it is deleted.
+        dataset: The committed _manifest.json, with the dataset's id, URL and counts as metadata.
+    """
+    from cifarflow import deployment
+    from cifarflow.backends.kubernetes import SparkResources
+    from cifarflow.pipeline import inputs, publish, steps
 
     result = steps.preprocess(
-        steps.PreprocessRequest(
+        inputs.PreprocessInputs(
             dataset_id=dataset_id,
             raw_url=raw_url,
             workdir=workdir,
             val_fraction=val_fraction,
             seed=seed,
             partitions=partitions,
-            spark=steps.SparkSettings(
+            spark=SparkResources(
                 image=spark_image,
                 executors=spark_executors,
                 executor_cores=spark_executor_cores,
                 executor_memory=spark_executor_memory,
                 driver_memory=spark_driver_memory,
             ),
-            cluster=steps.Cluster(
-                backend=backend,
-                namespace=namespace,
-                s3_endpoint=s3_endpoint,
-                run_id="",  # the job is named after the dataset: the run must not enter the cache key
-                timeout_s=timeout_s,
+            cluster=inputs.Cluster(
+                backend=backend, namespace=namespace, s3_endpoint=s3_endpoint, timeout_s=timeout_s
             ),
         )
     )
-    steps.publish_dataset(result, dataset, steps.make_store(s3_endpoint))
+    publish.publish_dataset(result, dataset, deployment.store(s3_endpoint))
 
 
 @component
@@ -106,30 +140,47 @@ def train(
     timeout_s: int,
     model: Output[Model],
 ) -> None:
-    """Train on the dataset (a TFJob, or TensorFlow in this process) into WORKDIR/models/<dataset>/<run>, the
-    run named by its settings (or run_name): the same settings resume, other settings get their own folder."""
-    from cifarflow.pipeline import steps
+    """Train on the dataset (a TFJob or TrainJob, or TensorFlow in this process) into
+    WORKDIR/models/<dataset>/<run>, the run named by its settings (or run_name): the same settings resume,
+    other settings get their own folder.
+
+    Args:
+        dataset: The Dataset artifact preprocess published.
+        workdir: Bucket URL for raw data, datasets and models ("" = the cluster's CIFARFLOW_WORKDIR).
+        model_name: resnet20 or resnet9.
+        epochs: Training epochs.
+        batch_size: Global batch size, split over all replicas.
+        seed: Seed of initialisation and shuffling.
+        backend: k8s (a TFJob or TrainJob) or local (TensorFlow in this pod).
+        namespace: Namespace of the training job ("" = the cluster's).
+        trainer_image: Image of the training job ("" = the tag skaffold deployed).
+        workers: Worker replicas (MultiWorkerMirroredStrategy).
+        gpus_per_worker: nvidia.com/gpu per worker (-1 = the cluster's).
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+        run_name: Model folder under WORKDIR/models/<dataset-id>/ ("" = model and a hash of the settings).
+        timeout_s: Seconds the training job may run before it is deleted.
+        model: The SavedModel (a copy), with the model's URL and settings as metadata.
+    """
+    from cifarflow import deployment
+    from cifarflow.backends.kubernetes import TrainerResources
+    from cifarflow.pipeline import inputs, publish, steps
 
     result = steps.train(
-        steps.TrainRequest(
+        inputs.TrainInputs(
             dataset_url=dataset.metadata["dataset_url"],
             workdir=workdir,
             model=model_name,
             epochs=epochs,
             batch_size=batch_size,
             seed=seed,
-            tfjob=steps.TFJobSettings(image=trainer_image, workers=workers, gpus_per_worker=gpus_per_worker),
-            cluster=steps.Cluster(
-                backend=backend,
-                namespace=namespace,
-                s3_endpoint=s3_endpoint,
-                run_id="",  # the step names the TFJob after the run
-                timeout_s=timeout_s,
+            trainer=TrainerResources(image=trainer_image, workers=workers, gpus_per_worker=gpus_per_worker),
+            cluster=inputs.Cluster(
+                backend=backend, namespace=namespace, s3_endpoint=s3_endpoint, timeout_s=timeout_s
             ),
             run_name=run_name,
         )
     )
-    steps.publish_model(result, model, steps.make_store(s3_endpoint))
+    publish.publish_model(result, model, deployment.store(s3_endpoint))
 
 
 @component
@@ -142,12 +193,21 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
 ) -> None:
-    """Score the model on the test split; publish accuracy/loss, the confusion matrix and the HTML report."""
-    from cifarflow.pipeline import steps
+    """Score the model on the test split; publish accuracy/loss, the confusion matrix and the HTML report.
+
+    Args:
+        dataset: The Dataset artifact preprocess published.
+        model: The Model artifact train published.
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+        metrics: Test accuracy, loss and macro scores, and the last epoch's curves.
+        confusion: The test split's confusion matrix.
+        report: The HTML report (curves, confusion matrix, samples).
+    """
+    from cifarflow.pipeline import publish, steps
 
     result = steps.evaluate(
         dataset_url=dataset.metadata["dataset_url"],
         model_url=model.metadata["model_url"],
         s3_endpoint=s3_endpoint,
     )
-    steps.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)
+    publish.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from cifarflow.cli import main
+from cifarflow.k8s import names
+from cifarflow.train.config import parse_config
 
 from . import scenarios as sc
 from .conftest import REPO, Api
@@ -145,12 +147,17 @@ def test_train_backend_k8s_forwards_the_options_the_user_set(
         "s3://b/ds/3f2a",
         "--out",
         "s3://b/m",
-        "--epochs",
-        "3",
         "--model",
         "resnet9",
+        "--epochs",
+        "3",
         "--no-evaluate",
-    ]
+    ]  # TrainConfig's settings that differ from its defaults, in its field order
+    # Named by the run (its settings and dataset), as the pipeline's train step names its job: not by the argv.
+    cfg = parse_config(
+        {"data": argv[2], "out": "s3://b/m", "epochs": 3, "model": "resnet9", "evaluate": False}
+    )
+    assert job["metadata"]["name"] == names.job_name("train", f"{cfg.run_name('3f2a')}-s3://b/m")
 
 
 def test_render_trainer_v2_prints_the_trainjob_and_the_runtime(

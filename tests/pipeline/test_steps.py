@@ -9,7 +9,7 @@ manifests, TrainConfig validation, kfp's artifact classes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,12 @@ import pyarrow as pa
 import pytest
 from kfp import dsl
 
+from cifarflow import deployment
+from cifarflow.backends.kubernetes import SparkResources, TrainerResources
 from cifarflow.data import manifest as mf
 from cifarflow.errors import InputError
 from cifarflow.k8s import launcher, names
-from cifarflow.pipeline import steps
+from cifarflow.pipeline import inputs, publish, results, steps
 from cifarflow.storage import Store, join
 
 DATASET_ID = "ds-0123456789abcdef"
@@ -54,18 +56,17 @@ def commit_dataset(store: Store, url: str, dataset_id: str = DATASET_ID) -> str:
     return mf.commit(store, url, manifest, stats)
 
 
-def cluster(**kw: Any) -> steps.Cluster:
+def cluster(**kw: Any) -> inputs.Cluster:
     fields: dict[str, Any] = {
         "backend": "k8s",
         "namespace": "ml",
         "s3_endpoint": "http://minio.ml:9000",
-        "run_id": "9b2f6c1e-0000-4000-8000-000000000001",
         "timeout_s": 3000,
     }
-    return steps.Cluster(**(fields | kw))
+    return inputs.Cluster(**(fields | kw))
 
 
-def spark(**kw: Any) -> steps.SparkSettings:
+def spark(**kw: Any) -> SparkResources:
     fields: dict[str, Any] = {
         "image": "registry.example/cifarflow-spark:abc123",
         "executors": 3,
@@ -73,7 +74,7 @@ def spark(**kw: Any) -> steps.SparkSettings:
         "executor_memory": "3g",
         "driver_memory": "2g",
     }
-    return steps.SparkSettings(**(fields | kw))
+    return SparkResources(**(fields | kw))
 
 
 @pytest.fixture
@@ -115,11 +116,13 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> Submitted:
     monkeypatch.setattr(launcher, "launch_train", launch_train)
     for key in [k for k in os.environ if k.startswith("CIFARFLOW_K8S_")]:
         monkeypatch.delenv(key)
-    monkeypatch.setenv(steps.DEFAULTS_ENV, "/nonexistent")  # no deployment ConfigMap unless a test mounts one
+    monkeypatch.setenv(
+        deployment.DEFAULTS_ENV, "/nonexistent"
+    )  # no deployment ConfigMap unless a test mounts one
     return state
 
 
-def preprocess_request(workdir: str, **kw: Any) -> steps.PreprocessRequest:
+def preprocess_request(workdir: str, **kw: Any) -> inputs.PreprocessInputs:
     fields: dict[str, Any] = {
         "dataset_id": DATASET_ID,
         "raw_url": workdir + "/raw",
@@ -128,9 +131,9 @@ def preprocess_request(workdir: str, **kw: Any) -> steps.PreprocessRequest:
         "seed": 7,
         "partitions": 0,
         "spark": spark(),
-        "cluster": cluster(run_id=""),
+        "cluster": cluster(),
     }
-    return steps.PreprocessRequest(**(fields | kw))
+    return inputs.PreprocessInputs(**(fields | kw))
 
 
 def test_preprocess_on_k8s_runs_a_spark_application_built_from_the_parameters(
@@ -169,7 +172,7 @@ def test_the_spark_job_name_is_stable_and_changes_with_the_settings(
 
 
 def test_a_committed_dataset_starts_no_job(workdir: str, submitted: Submitted) -> None:
-    commit_dataset(Store(), join(steps.datasets_root(workdir), DATASET_ID))
+    commit_dataset(Store(), join(steps.resolve_workdir(workdir).datasets, DATASET_ID))
     info = steps.preprocess(preprocess_request(workdir))
     assert submitted.jobs == []
     assert info.reused is True
@@ -181,10 +184,10 @@ def deploy_defaults(monkeypatch: pytest.MonkeyPatch, folder: Path, **data: str) 
     (folder / "..data").mkdir()
     for key, value in data.items():
         (folder / key).write_text(value)
-    monkeypatch.setenv(steps.DEFAULTS_ENV, str(folder))
+    monkeypatch.setenv(deployment.DEFAULTS_ENV, str(folder))
 
 
-def train_request(workdir: str, dataset_url: str, **kw: Any) -> steps.TrainRequest:
+def train_request(workdir: str, dataset_url: str, **kw: Any) -> inputs.TrainInputs:
     fields: dict[str, Any] = {
         "dataset_url": dataset_url,
         "workdir": workdir,
@@ -192,16 +195,16 @@ def train_request(workdir: str, dataset_url: str, **kw: Any) -> steps.TrainReque
         "epochs": 4,
         "batch_size": 256,
         "seed": 1,
-        "tfjob": steps.TFJobSettings(
+        "trainer": TrainerResources(
             image="registry.example/cifarflow-trainer:abc123", workers=3, gpus_per_worker=1
         ),
         "cluster": cluster(),
     }
-    return steps.TrainRequest(**(fields | kw))
+    return inputs.TrainInputs(**(fields | kw))
 
 
 def test_train_on_k8s_runs_a_tfjob_for_the_run(workdir: str, submitted: Submitted) -> None:
-    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    dataset = join(steps.resolve_workdir(workdir).datasets, DATASET_ID)
     commit_dataset(Store(), dataset)
     info = steps.train(train_request(workdir, dataset))
     (job,) = submitted.jobs
@@ -229,10 +232,10 @@ def train_config(workdir: str, dataset: str, **kw: Any) -> Any:
 def test_train_settings_name_the_model_folder_and_another_run_is_one_conflict_line(
     workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    dataset = join(steps.resolve_workdir(workdir).datasets, DATASET_ID)
     commit_dataset(Store(), dataset)
     first = steps.train(train_request(workdir, dataset))
-    again = steps.train(train_request(workdir, dataset, cluster=cluster(run_id="another-kfp-run")))
+    again = steps.train(train_request(workdir, dataset, cluster=cluster(timeout_s=4000)))
     other = steps.train(train_request(workdir, dataset, epochs=5))
     assert first.model_url == again.model_url != other.model_url
     named = steps.train(train_request(workdir, dataset, run_name="baseline"))
@@ -258,7 +261,7 @@ def test_a_tfjob_that_leaves_no_savedmodel_is_one_error_line(
     workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
 ) -> None:
     submitted.chief_exports = False
-    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    dataset = join(steps.resolve_workdir(workdir).datasets, DATASET_ID)
     commit_dataset(Store(), dataset)
     with pytest.raises(SystemExit) as exit_info:
         steps.train(train_request(workdir, dataset))
@@ -271,7 +274,7 @@ def test_a_tfjob_that_leaves_no_savedmodel_is_one_error_line(
 def test_bad_training_parameters_fail_before_any_job(
     workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dataset = join(steps.datasets_root(workdir), DATASET_ID)
+    dataset = join(steps.resolve_workdir(workdir).datasets, DATASET_ID)
     commit_dataset(Store(), dataset)
     with pytest.raises(SystemExit):
         steps.train(train_request(workdir, dataset, batch_size=0))
@@ -286,9 +289,9 @@ def test_publish_dataset_and_model_write_copies_and_say_where_the_originals_are(
     store = Store()
     dataset_url = "file://" + str(tmp_path / "datasets" / DATASET_ID)
     manifest_url = commit_dataset(store, dataset_url)
-    info = steps.describe_dataset(store, dataset_url, reused=False)
+    info = results.describe_dataset(store, dataset_url, reused=False)
     artifact = dsl.Dataset(uri=str(tmp_path / "kfp" / "preprocess" / "dataset"))
-    steps.publish_dataset(info, artifact, store)
+    publish.publish_dataset(info, artifact, store)
     assert Path(artifact.path).read_bytes() == store.read_bytes(manifest_url)
     assert artifact.metadata == {
         "dataset_id": DATASET_ID,
@@ -306,8 +309,10 @@ def test_publish_dataset_and_model_write_copies_and_say_where_the_originals_are(
     for rel in ("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"):
         store.write_bytes(join(model_url, "saved_model", rel), rel.encode())
     model = dsl.Model(uri=str(tmp_path / "kfp" / "train" / "model"))
-    steps.publish_model(
-        steps.ModelInfo(model_url, model_url + "/saved_model", DATASET_ID, "resnet20", 3, 128), model, store
+    publish.publish_model(
+        results.TrainedModel(model_url, model_url + "/saved_model", DATASET_ID, "resnet20", 3, 128),
+        model,
+        store,
     )
     copied = sorted(str(p.relative_to(model.path)) for p in Path(model.path).rglob("*") if p.is_file())
     assert copied == [
@@ -320,7 +325,7 @@ def test_publish_dataset_and_model_write_copies_and_say_where_the_originals_are(
 
 
 def test_publish_evaluation_fills_the_kfp_metrics_artifacts(tmp_path: Path) -> None:
-    result = steps.Evaluation(
+    result = results.Evaluation(
         scores={"accuracy": 0.75, "test_images": 4.0},
         class_names=["a", "b"],
         confusion=[[2, 0], [1, 1]],
@@ -331,7 +336,7 @@ def test_publish_evaluation_fills_the_kfp_metrics_artifacts(tmp_path: Path) -> N
     metrics = dsl.Metrics(uri=str(tmp_path / "m"))
     confusion = dsl.ClassificationMetrics(uri=str(tmp_path / "c"))
     report = dsl.HTML(uri=str(tmp_path / "r"))
-    steps.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)
+    publish.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)
     assert metrics.metadata == {"accuracy": 0.75, "test_images": 4.0, "metrics_url": "s3://b/metrics.json"}
     assert confusion.metadata["confusionMatrix"] == {
         "annotationSpecs": [{"displayName": "a"}, {"displayName": "b"}],
@@ -349,7 +354,7 @@ def test_an_unknown_backend_is_refused_inside_the_step(
         "error: unknown backend 'cloud' (fix: use backend=local or backend=k8s)"
     )
     with pytest.raises(InputError):
-        steps.check_arguments({"backend": "cloud"})
+        inputs.check_arguments({"backend": "cloud"})
 
 
 def test_empty_parameters_defer_to_the_clusters_cifarflow_defaults(
@@ -368,10 +373,12 @@ def test_empty_parameters_defer_to_the_clusters_cifarflow_defaults(
         CIFARFLOW_K8S_TRAIN__GPUS="1",
     )
     deferring = cluster(namespace="", s3_endpoint="")
-    steps.preprocess(preprocess_request("", spark=spark(image=""), cluster=replace(deferring, run_id="")))
-    info = steps.describe_dataset(Store(), join(steps.datasets_root(""), DATASET_ID), reused=False)
-    tfjob = steps.TFJobSettings(image="", workers=2, gpus_per_worker=-1)
-    steps.train(train_request("", info.dataset_url, tfjob=tfjob, cluster=deferring))
+    steps.preprocess(preprocess_request("", spark=spark(image=""), cluster=deferring))
+    info = results.describe_dataset(
+        Store(), join(steps.resolve_workdir("").datasets, DATASET_ID), reused=False
+    )
+    trainer = TrainerResources(image="", workers=2, gpus_per_worker=-1)
+    steps.train(train_request("", info.dataset_url, trainer=trainer, cluster=deferring))
     pre, train = (job["settings"] for job in submitted.jobs)
     assert info.dataset_url == "file://" + workdir + "/datasets/" + DATASET_ID
     assert pre.namespace == train.namespace == "team-a"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cifarflow.cli.common import S3Endpoint, app, make_store, out
+from cifarflow.cli.common import BackendChoice, S3Endpoint, app, field_option, make_store, out, print_result
+from cifarflow.config import PreprocessConfig, defaults
 from cifarflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -19,14 +20,17 @@ class ArchiveFormat(StrEnum):
     binary = "binary"
 
 
-class Backend(StrEnum):
-    local = "local"
-    k8s = "k8s"
-
-
 SynthOut = Annotated[
     str, typer.Option("--out", help="Tarball path/URL, or a folder to put the official file name in.")
 ]
+PREPROCESS = defaults(PreprocessConfig)  # the options' defaults: one declaration (cifarflow.config)
+
+
+def preprocess_option(name: str) -> Any:
+    """An option whose flag and help are :class:`PreprocessConfig`'s field's."""
+    return field_option(PreprocessConfig, name)
+
+
 MASTER_HELP = "Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*])."
 
 
@@ -93,36 +97,18 @@ def preprocess(
         str, typer.Option("--out", help="Datasets root; the dataset lands in OUT/<dataset-id>/.")
     ],
     master: Annotated[str | None, typer.Option("--master", help=MASTER_HELP)] = None,
-    partitions: Annotated[
-        int | None, typer.Option("--partitions", min=1, help="Read tasks (binary records split to this).")
-    ] = None,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", min=0.0, max=0.5, help="Share of train held out, per class.")
-    ] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.")] = 0,
+    partitions: Annotated[int | None, preprocess_option("partitions")] = PREPROCESS["partitions"],
+    val_fraction: Annotated[float, preprocess_option("val_fraction")] = PREPROCESS["val_fraction"],
+    seed: Annotated[int, preprocess_option("seed")] = PREPROCESS["seed"],
     backend: Annotated[
-        Backend, typer.Option("--backend", help="local: run Spark here; k8s: a SparkApplication.")
-    ] = Backend.local,
+        BackendChoice, typer.Option("--backend", help="local: run Spark here; k8s: a SparkApplication.")
+    ] = "local",
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Validate, deduplicate, split and normalise the raw data with Spark into a versioned Parquet dataset."""
-    if backend is Backend.k8s:
-        from cifarflow.k8s import cli_support
+    from cifarflow.backends import PreprocessRequest, get_backend
+    from cifarflow.config import parse
 
-        cli_support.preprocess_on_k8s(
-            raw=raw, out=out_url, partitions=partitions, val_fraction=val_fraction, seed=seed
-        )
-        return
-    from cifarflow.data import preprocess as pre
-
-    result = pre.preprocess(
-        raw,
-        out_url,
-        master=master,
-        partitions=partitions,
-        val_fraction=val_fraction,
-        seed=seed,
-        store=make_store(s3_endpoint),
-    )
-    out(f"dataset: {result.dataset_id}")
-    out(f"manifest: {result.manifest_url}")
+    params = parse(PreprocessConfig, {"val_fraction": val_fraction, "seed": seed, "partitions": partitions})
+    chosen = get_backend(str(backend), store=make_store(s3_endpoint))
+    print_result(chosen.preprocess(PreprocessRequest(raw, out_url, params, master=master)))

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import typer
 
-from cifarflow.cli.common import S3Endpoint, app, out
+from cifarflow.cli.common import S3Endpoint, group, out
 from cifarflow.errors import ConflictError, InputError
 
 log = logging.getLogger(__name__)
 
-k8s_app = typer.Typer(
-    help="Kubernetes: render manifests, generate the one-shot jobs, bootstrap the in-cluster bucket.",
-    no_args_is_help=True,
+k8s_app = group(
+    "k8s", "Kubernetes: render manifests, generate the one-shot jobs, bootstrap the in-cluster bucket."
 )
-app.add_typer(k8s_app, name="k8s")
 
 K8sDir = typer.Option(None, "--dir", help="The k8s/ folder (default: ./k8s, else the source checkout's).")
 CopyTo = typer.Option(["kubeflow"], "--copy-to", help="Also create the Secret here (KFP's namespace).")

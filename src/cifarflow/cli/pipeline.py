@@ -7,14 +7,11 @@ import sys
 
 import typer
 
-from cifarflow.cli.common import app, out, state
+from cifarflow.cli.common import group, out, state
 
 log = logging.getLogger(__name__)
 
-pipeline_app = typer.Typer(
-    no_args_is_help=True, help="The Kubeflow pipeline: compile it, submit it to KFP, or run it here."
-)
-app.add_typer(pipeline_app, name="pipeline")
+pipeline_app = group("pipeline", "The Kubeflow pipeline: compile it, submit it to KFP, or run it here.")
 
 ParamOption = typer.Option(
     [], "--param", "-p", metavar="KEY=VALUE", help="A pipeline parameter (repeatable), e.g. --param epochs=5."
@@ -65,12 +62,12 @@ def submit(
 
     The token comes from KF_PIPELINES_TOKEN (or KFP_TOKEN) when the endpoint needs one.
     """
-    from cifarflow.pipeline import definition, steps
+    from cifarflow.pipeline import definition, inputs
     from cifarflow.pipeline import params as params_mod
     from cifarflow.pipeline import submit as submit_mod
 
     args = params_mod.parse(params, definition.pipeline_func())
-    steps.check_arguments(args)
+    inputs.check_arguments(args)
     result = submit_mod.submit(
         host,
         params=args,
@@ -101,11 +98,11 @@ def run_local(
     ),
 ) -> None:
     """Run the same pipeline here with kfp.local: Spark local mode, TensorFlow on the CPU, no cluster."""
-    from cifarflow.pipeline import definition, local, steps
+    from cifarflow.pipeline import definition, inputs, local
     from cifarflow.pipeline import params as params_mod
 
     given = params_mod.parse(params, definition.pipeline_func())
-    steps.check_arguments(given)
+    inputs.check_arguments(given)
     arguments = local.arguments(given, workdir)
     run = local.run_local(
         arguments,

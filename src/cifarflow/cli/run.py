@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from cifarflow.cli.common import S3Endpoint, app, make_store, out
-from cifarflow.cli.train import DEFAULTS, BatchSize, Epochs, Model, ModelChoice, print_scores, run_training
-from cifarflow.storage import join, normalize
+from cifarflow.cli.train import DEFAULTS, BatchSize, Epochs, Model, print_scores, train_with
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def run(
     ] = "work",
     epochs: Epochs = RUN_EPOCHS,
     batch_size: BatchSize = DEFAULTS["batch_size"],
-    model: Model = ModelChoice.resnet20,
+    model: Model = DEFAULTS["model"],
     master: Annotated[
         str | None, typer.Option("--master", help="Spark master for preprocessing (default: local[*]).")
     ] = None,
@@ -48,8 +47,10 @@ def run(
     Every step is idempotent: rerunning reuses the ingested archive and the dataset, and training resumes from
     its last checkpoint. A run is named by its settings: other settings train into their own folder.
     """
+    from cifarflow.backends import PreprocessRequest, get_backend
+    from cifarflow.config import PreprocessConfig
     from cifarflow.data.ingest import ingest
-    from cifarflow.data.preprocess import preprocess
+    from cifarflow.layout import Workdir
     from cifarflow.train import runs
     from cifarflow.train.config import parse_config
     from cifarflow.train.evaluate import evaluate
@@ -57,35 +58,30 @@ def run(
     if run_name:
         runs.check_run_name(run_name)  # before minutes of ingest and Spark
     store = make_store(s3_endpoint)
-    workdir = normalize(workdir)
-    landed = ingest(source, workdir, store=store)
+    where = Workdir.at(workdir)
+    landed = ingest(source, where.ingest_dest, store=store)
     out(f"raw: {landed.raw_url}")
-    dataset = preprocess(
-        landed.raw_url,
-        join(workdir, "datasets"),
-        master=master,
-        partitions=None,
-        val_fraction=0.1,
-        seed=0,
-        store=store,
-    )
-    out(f"dataset: {dataset.dataset_url}")
+    # The preprocess parameters' defaults, as `cifarflow preprocess` and the pipeline have them.
+    request = PreprocessRequest(landed.raw_url, where.datasets, PreprocessConfig(), master=master)
+    dataset_id = get_backend("local", store=store).preprocess(request).outputs["dataset"]
+    dataset_url = where.dataset(dataset_id)
+    out(f"dataset: {dataset_url}")
     cfg = parse_config(
         {
-            "data": dataset.dataset_url,
+            "data": dataset_url,
             "out": "",  # named below, after the settings that define the run
             "epochs": epochs,
             "batch_size": batch_size,
-            "model": model.value,
+            "model": str(model),
             "evaluate": False,
             "s3_endpoint": s3_endpoint,
         }
     )
-    model_url = runs.model_url(join(workdir, "models"), dataset.dataset_id, cfg, run_name)
+    model_url = runs.model_url(where.models, dataset_id, cfg, run_name)
     cfg = cfg.model_copy(update={"out": model_url})
-    run_training(cfg)
+    train_with("local", cfg, run_name or cfg.run_name(dataset_id))
     out(f"model: {model_url}")
-    print_scores(evaluate(dataset.dataset_url, model_url, model_url, store=store))
+    print_scores(evaluate(dataset_url, model_url, model_url, store=store))
     from cifarflow.cli.serve import promote_after_run
 
     promote_after_run(model_url, store, serve=serve)

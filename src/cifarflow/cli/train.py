@@ -3,45 +3,49 @@
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
-from typing import Annotated, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import typer
 from rich.progress import Progress, TaskID
 
-from cifarflow.cli.common import S3Endpoint, app, make_store, out, progress
-from cifarflow.cli.data import Backend
-from cifarflow.train.config import TrainConfig, parse_config
+from cifarflow.backends import TrainRequest, get_backend
+from cifarflow.cli.common import (
+    BackendChoice,
+    S3Endpoint,
+    app,
+    field_option,
+    make_store,
+    out,
+    print_result,
+    progress,
+)
+from cifarflow.config import choices, defaults
+from cifarflow.train.config import ModelName, Schedule, Switch, TrainConfig, parse_config
 
 log = logging.getLogger(__name__)
 
-
-class ModelChoice(StrEnum):
-    resnet20 = "resnet20"
-    resnet9 = "resnet9"
-
-
-class Schedule(StrEnum):
-    onecycle = "onecycle"
-    cosine = "cosine"
-
-
-class Switch(StrEnum):
-    auto = "auto"
-    on = "on"
-    off = "off"
+# The choices and defaults of the options are TrainConfig's (one declaration: cifarflow.train.config); typer
+# needs an Enum for choices, made from the Literal. mypy sees the strings those enums hold.
+if TYPE_CHECKING:
+    ModelChoice: TypeAlias = str
+    ScheduleChoice: TypeAlias = str
+    SwitchChoice: TypeAlias = str
+else:
+    ModelChoice = choices("ModelChoice", ModelName)
+    ScheduleChoice = choices("ScheduleChoice", Schedule)
+    SwitchChoice = choices("SwitchChoice", Switch)
+DEFAULTS: dict[str, Any] = defaults(TrainConfig)
 
 
-# TrainConfig's defaults, so the CLI and the library never disagree.
-DEFAULTS: dict[str, Any] = {name: field.default for name, field in TrainConfig.model_fields.items()}
+def _option(name: str, **kw: Any) -> Any:
+    return field_option(TrainConfig, name, **kw)
 
 
-Data = Annotated[
-    str, typer.Option("--data", help="Dataset folder (DATASETS/<dataset-id>) or its _manifest.json.")
-]
-Epochs = Annotated[int, typer.Option("--epochs", min=1)]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Global batch, split over all replicas.")]
-Model = Annotated[ModelChoice, typer.Option("--model")]
+Data = Annotated[str, _option("data")]
+Epochs = Annotated[int, _option("epochs")]
+BatchSize = Annotated[int, _option("batch_size")]
+Model = Annotated[ModelChoice, _option("model")]
 
 
 class ProgressHooks:
@@ -86,93 +90,54 @@ def quiet_tensorflow() -> None:
     tfenv.load()
 
 
-def run_training(cfg: TrainConfig) -> Any:
-    """Train with progress bars on a terminal (plain log lines in pods and CI)."""
-    from cifarflow.train import trainer
-
+def train_with(backend: str, cfg: TrainConfig, run_name: str) -> Any:
+    """Train ``cfg`` on a backend, with progress bars on a terminal (plain log lines in pods and CI)."""
+    chosen = get_backend(backend, store=make_store(cfg.s3_endpoint))
     with progress() as bar:
-        return trainer.train(cfg, hooks=ProgressHooks(bar))
+        return chosen.train(TrainRequest(cfg, run_name=run_name, hooks=ProgressHooks(bar)))
 
 
 @app.command()
 def train(
     *,
     data: Data,
-    out_url: Annotated[
-        str, typer.Option("--out", help="Model URL: saved_model/, checkpoints/, tensorboard/, report.html...")
-    ],
+    out_url: Annotated[str, _option("out")],
+    model: Model = DEFAULTS["model"],
+    depth: Annotated[int, _option("depth")] = DEFAULTS["depth"],
+    width: Annotated[int | None, _option("width")] = DEFAULTS["width"],
     epochs: Epochs = DEFAULTS["epochs"],
     batch_size: BatchSize = DEFAULTS["batch_size"],
-    model: Model = ModelChoice.resnet20,
-    depth: Annotated[int, typer.Option("--depth", help="resnet20 family: 6n+2 layers (20, 32, 56...).")] = 20,
-    width: Annotated[
-        int | None,
-        typer.Option("--width", min=1, help="First-stage channels (default: 16 resnet20, 64 resnet9)."),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="Peak learning rate (default: 0.1 x batch/128).")
-    ] = None,
-    schedule: Annotated[Schedule, typer.Option("--schedule")] = Schedule.onecycle,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99)] = DEFAULTS[
-        "label_smoothing"
-    ],
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Decoupled.")] = DEFAULTS[
-        "weight_decay"
-    ],
-    checkpoint_every: Annotated[
-        int,
-        typer.Option("--checkpoint-every", min=0, help="Steps between checkpoints (0: at epoch ends only)."),
-    ] = DEFAULTS["checkpoint_every"],
-    mixed_precision: Annotated[
-        Switch, typer.Option("--mixed-precision", help="auto: on with a GPU.")
-    ] = Switch.auto,
-    xla: Annotated[Switch, typer.Option("--xla", help="auto: on with a GPU.")] = Switch.auto,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    evaluate: Annotated[
-        bool, typer.Option("--evaluate/--no-evaluate", help="Score the test split after.")
-    ] = True,
+    lr: Annotated[float | None, _option("lr")] = DEFAULTS["lr"],
+    schedule: Annotated[ScheduleChoice, _option("schedule")] = DEFAULTS["schedule"],
+    warmup: Annotated[float, _option("warmup")] = DEFAULTS["warmup"],
+    momentum: Annotated[float, _option("momentum")] = DEFAULTS["momentum"],
+    weight_decay: Annotated[float, _option("weight_decay")] = DEFAULTS["weight_decay"],
+    label_smoothing: Annotated[float, _option("label_smoothing")] = DEFAULTS["label_smoothing"],
+    augment: Annotated[bool, _option("augment")] = DEFAULTS["augment"],
+    mixed_precision: Annotated[SwitchChoice, _option("mixed_precision")] = DEFAULTS["mixed_precision"],
+    xla: Annotated[SwitchChoice, _option("xla")] = DEFAULTS["xla"],
+    checkpoint_every: Annotated[int, _option("checkpoint_every")] = DEFAULTS["checkpoint_every"],
+    keep_checkpoints: Annotated[int, _option("keep_checkpoints")] = DEFAULTS["keep_checkpoints"],
+    shuffle_buffer: Annotated[int, _option("shuffle_buffer")] = DEFAULTS["shuffle_buffer"],
+    seed: Annotated[int, _option("seed")] = DEFAULTS["seed"],
+    evaluate: Annotated[bool, _option("evaluate")] = DEFAULTS["evaluate"],
     backend: Annotated[
-        Backend, typer.Option("--backend", help="local: train here; k8s: submit a TFJob and watch it.")
-    ] = Backend.local,
+        BackendChoice,
+        typer.Option(
+            "--backend", help="local: train here; k8s: a TFJob or TrainJob (CIFARFLOW_K8S_TRAINER)."
+        ),
+    ] = "local",
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Train a ResNet on a committed dataset (one process, or one replica of a TFJob via TF_CONFIG)."""
-    cfg = parse_config(
-        {
-            "data": data,
-            "out": out_url,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "model": model.value,
-            "depth": depth,
-            "width": width,
-            "lr": lr,
-            "schedule": schedule.value,
-            "label_smoothing": label_smoothing,
-            "weight_decay": weight_decay,
-            "checkpoint_every": checkpoint_every,
-            "mixed_precision": mixed_precision.value,
-            "xla": xla.value,
-            "seed": seed,
-            "evaluate": evaluate,
-            "s3_endpoint": s3_endpoint,
-        }
-    )  # checked here, so a bad option is one line before a TFJob is submitted
-    if backend is Backend.k8s:
-        from cifarflow.k8s import cli_support
+    from cifarflow.layout import dataset_id_of
 
-        extra = cli_support.forwarded_args(train, locals())
-        cli_support.train_on_k8s(data=data, out=out_url, extra_args=extra)
-        return
-    result = run_training(cfg)
-    if not result.is_chief:
-        return  # the chief reports; the other replicas' logs stay quiet
-    out(f"model: {result.model_url}")
-    out(f"saved_model: {result.saved_model_url}")
-    if cfg.evaluate:
-        from cifarflow.train.evaluate import evaluate as evaluate_model
-
-        print_scores(evaluate_model(data, out_url, out_url, store=make_store(s3_endpoint)))
+    values = {name: value for name, value in locals().items() if name in DEFAULTS}
+    values.update(data=data, out=out_url)
+    # Checked here, so a bad option is one line before a job is submitted.
+    cfg = parse_config({k: v.value if isinstance(v, Enum) else v for k, v in values.items()})
+    # A job trains one run: it is named by the run (cifarflow.train.runs), as the pipeline's train step names it.
+    print_result(train_with(str(backend), cfg, cfg.run_name(dataset_id_of(data))))
 
 
 @app.command()

@@ -1,21 +1,21 @@
-"""Find, load and compile the KFP pipeline defined in the top-level ``pipelines/`` folder.
+"""Find, import and compile the KFP pipeline defined in the top-level ``pipelines/`` package.
 
-``pipelines/`` is KFP wiring only and is not a module of the installed package, so it is loaded by path, as
-the package ``cifarflow_pipelines``, from the first of:
+``pipelines/`` is KFP wiring only and is not a module of the installed wheel; it is imported as the regular
+package ``pipelines`` (the name tests and mypy use) from the first of:
 
-1. ``$CIFARFLOW_PIPELINES_DIR`` (set by the pipeline image, or by anyone keeping the wiring elsewhere);
-2. the source checkout this package runs from (``<repo>/pipelines``: editable installs, CI);
-3. a copy inside an installed wheel (``cifarflow/pipeline/_pipelines``, when the wheel is built with one:
-   hatch's ``force-include``).
+1. ``$CIFARFLOW_PIPELINES_DIR`` (a folder named ``pipelines``: the pipeline image copies it to
+   /opt/cifarflow/pipelines and sets this);
+2. the source checkout this package runs from (``<repo>/pipelines``: editable installs, CI).
 
-Compiling is deterministic (same sources, same kfp => byte-identical YAML), which the drift test relies on.
+Its parent folder joins the end of ``sys.path`` (nothing else is patched), so ``import pipelines`` then works
+as anywhere. Compiling is deterministic (same sources, same kfp => byte-identical YAML), which the drift test
+relies on.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
+import importlib
 import logging
 import os
 import sys
@@ -29,26 +29,22 @@ from cifarflow.errors import InputError
 log = logging.getLogger(__name__)
 
 ENV_DIR = "CIFARFLOW_PIPELINES_DIR"
-PACKAGE = "cifarflow_pipelines"
+PACKAGE = "pipelines"
 MODULE = "cifar10_pipeline"
 FUNCTION = "cifar10_pipeline"
 COMPILED = Path("compiled") / "cifar10_pipeline.yaml"
 
-_HERE = Path(__file__).resolve()
-_CHECKOUT = _HERE.parents[3] / "pipelines"  # src/cifarflow/pipeline/definition.py -> <repo>/pipelines
-_WHEEL_COPY = _HERE.parent / "_pipelines"
+_CHECKOUT = Path(__file__).resolve().parents[3] / PACKAGE  # src/cifarflow/pipeline/definition.py -> <repo>
 
 
 def locate() -> Path:
     """The folder holding ``cifar10_pipeline.py``, or an error naming where it was looked for."""
     env = os.environ.get(ENV_DIR)
-    candidates = [Path(env)] if env else [_CHECKOUT, _WHEEL_COPY]
-    for folder in candidates:
-        if (folder / f"{MODULE}.py").is_file():
-            return folder
-    shown = ", ".join(str(p) for p in candidates)
+    folder = Path(env) if env else _CHECKOUT
+    if (folder / f"{MODULE}.py").is_file():
+        return folder
     raise InputError(
-        f"no pipeline definition ({MODULE}.py) in {shown}",
+        f"no pipeline definition ({MODULE}.py) in {folder}",
         f"run from a cifarflow checkout, or set {ENV_DIR} to the folder holding pipelines/{MODULE}.py",
     )
 
@@ -65,27 +61,20 @@ def default_output() -> Path:
 
 
 def load() -> ModuleType:
-    """Import ``pipelines/`` as the package :data:`PACKAGE` and return its pipeline module."""
-    return _load(locate().resolve())
-
-
-@functools.cache
-def _load(folder: Path) -> ModuleType:
-    # A second folder in one process (tests, CIFARFLOW_PIPELINES_DIR changed) gets a package name of its own.
-    name = (
-        PACKAGE
-        if PACKAGE not in sys.modules
-        else f"{PACKAGE}_{hashlib.sha256(bytes(folder)).hexdigest()[:8]}"
-    )
-    spec = importlib.util.spec_from_file_location(
-        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    if spec is None or spec.loader is None:  # pragma: no cover - only for a folder without __init__.py
-        raise InputError(f"{folder} is not a Python package", f"add {folder / '__init__.py'}")
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module(f"{name}.{MODULE}")
+    """Import the package ``pipelines`` from :func:`locate`'s folder and return its pipeline module."""
+    folder = locate().resolve()
+    if folder.name != PACKAGE:
+        raise InputError(f"{folder} is not named {PACKAGE}/", f"point {ENV_DIR} at a folder named {PACKAGE}")
+    if str(folder.parent) not in sys.path:
+        sys.path.append(str(folder.parent))
+    module = importlib.import_module(f"{PACKAGE}.{MODULE}")
+    found = Path(str(module.__file__)).resolve().parent
+    if found != folder:  # another `pipelines` package came first on sys.path, or was imported already
+        raise InputError(
+            f"`import {PACKAGE}` finds {found}, not {folder}",
+            f"run from one checkout, or unset {ENV_DIR}",
+        )
+    return module
 
 
 def pipeline_func() -> Any:

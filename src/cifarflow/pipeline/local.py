@@ -10,6 +10,10 @@ component here is one); it cannot feed constant artifacts into a pipeline (none 
 between tasks); integers in artifact metadata come back as floats (readers here use URIs and strings, never
 metadata ints); platform settings (kfp-kubernetes Secrets, timeouts, images) are ignored, as there is no pod.
 What runs is the compiled IR itself (the YAML a cluster gets), minus retries.
+
+A failing step writes its error to the file ``$CIFARFLOW_ERROR_FILE`` names (:mod:`cifarflow.pipeline.contract`;
+kfp.local's subprocesses inherit the variable), so the run fails with the step's own one-line error, of the
+same type, without reading the step's output.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from cifarflow.errors import CifarflowError, InputError, JobError
-from cifarflow.pipeline import definition
+from cifarflow.errors import CifarflowError, JobError
+from cifarflow.pipeline import contract, definition
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,10 @@ log = logging.getLogger(__name__)
 LOCAL_OVERRIDES = {"backend": "local", "s3_endpoint": ""}
 DEFAULT_WORKDIR = "work"
 
-_ERROR_LINE = re.compile(r"^\s*error: (?P<problem>.*?)(?: \(fix: (?P<fix>.*)\))?\s*$")
+# What reaches the terminal without -v: task progress and cifarflow's own log and error lines.
 _PROGRESS = re.compile(
     r"Executing task|cache hit|finished with status|\b(INFO|WARNING|ERROR) cifarflow|^\s*error: "
 )
-_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(?P<line>\w+(?:Error|Exception): .+)$")
-_TASK_FAILED = re.compile(r"Task '?(?:\x1b\[\d+m)?(?P<task>[\w-]+)")
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,17 @@ def run_local(
         cache_root=str(root / ".kfp_cache"),
     )
     started = time.monotonic()
+    error_file = root / f".error-{os.getpid()}.json"
+    error_file.unlink(missing_ok=True)
     with open(logfile, "w", encoding="utf-8") as sink:
         tee = _Tee(sink, echo, verbose)
         try:
-            with contextlib.redirect_stdout(tee), _root_logging(tee), warnings.catch_warnings():
+            with (
+                contextlib.redirect_stdout(tee),
+                _root_logging(tee),
+                _environ(contract.ERROR_FILE_ENV, str(error_file)),
+                warnings.catch_warnings(),
+            ):
                 # Image and resource settings mean nothing to the SubprocessRunner; it says so for every task.
                 warnings.simplefilter("ignore", RuntimeWarning)
                 warnings.simplefilter("ignore", UserWarning)
@@ -118,11 +127,37 @@ def run_local(
         except CifarflowError:
             raise
         except Exception as exc:
-            raise tee.failure(exc, logfile) from None
+            raise failure(error_file, exc, logfile) from None
         finally:
             tee.flush()
+            error_file.unlink(missing_ok=True)
     outputs = {name: _output(name, art) for name, art in (getattr(task, "outputs", None) or {}).items()}
     return LocalRun(root, logfile, outputs, time.monotonic() - started)
+
+
+def failure(error_file: Path, exc: Exception, logfile: Path) -> CifarflowError:
+    """The error to report: the failing step's own error, as it recorded it, else kfp.local's first line."""
+    recorded = contract.read(error_file)
+    if recorded is None:
+        return JobError(f"the local pipeline run failed: {_first_line(exc)}", f"read the log in {logfile}")
+    step, error = recorded
+    return type(error)(
+        f"step {step} failed: {error.problem}", error.fix or f"read the step's log in {logfile}"
+    )
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment (the steps' subprocesses inherit it) while inside."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @contextlib.contextmanager
@@ -167,15 +202,11 @@ def _output(name: str, artifact: Any) -> Output:
 
 
 class _Tee(io.TextIOBase):
-    """Everything to the log file; progress (or everything) to ``echo``; remembers the last ``error:``
-    line."""
+    """Everything to the log file; progress (or everything) to ``echo``."""
 
     def __init__(self, sink: IO[str], echo: IO[str] | None, verbose: bool) -> None:
         self.sink, self.echo, self.verbose = sink, echo, verbose
         self.partial = ""
-        self.error: CifarflowError | None = None
-        self.exception: str | None = None  # last "SomeError: message" line, for failures that print no error:
-        self.failed_task: str | None = None
 
     def writable(self) -> bool:
         return True
@@ -197,29 +228,8 @@ class _Tee(io.TextIOBase):
             self.echo.flush()
 
     def _line(self, line: str) -> None:
-        match = _ERROR_LINE.match(_plain(line))
-        if match:
-            self.error = _error(match.group("problem"), match.group("fix"))
-        exception = _EXCEPTION.match(_plain(line))
-        if exception:
-            self.exception = exception.group("line")[:300]
-        if "finished with status" in line and "FAILURE" in line:
-            task = _TASK_FAILED.search(_plain(line))
-            self.failed_task = task.group("task") if task else None
         if self.echo is not None and (self.verbose or _PROGRESS.search(_plain(line))):
             self.echo.write(line + "\n")
-
-    def failure(self, exc: Exception, logfile: Path) -> CifarflowError:
-        """The error to report: the failing step's own one-line error where it printed one."""
-        where = f"step {self.failed_task}" if self.failed_task else "the local pipeline run"
-        if self.error is not None:
-            return type(self.error)(f"{where} failed: {self.error.problem}", self.error.fix)
-        cause = self.exception or _first_line(exc)
-        return JobError(f"{where} failed: {cause}", f"read the step's log in {logfile}")
-
-
-def _error(problem: str, fix: str | None) -> CifarflowError:
-    return InputError(problem, fix) if fix else JobError(problem)
 
 
 def _plain(text: str) -> str:

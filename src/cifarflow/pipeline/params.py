@@ -56,7 +56,3 @@ def coerce(key: str, raw: str, kfp_type: str) -> Any:
             return False
         raise InputError(f"--param {key}={raw!r} is not a boolean", f"give {key}=true or {key}=false")
     return raw
-
-
-def defaults(pipeline: Any) -> dict[str, Any]:
-    return {name: default for name, (_, default) in declared(pipeline).items()}

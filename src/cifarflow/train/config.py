@@ -7,11 +7,13 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cifarflow import config
 from cifarflow.errors import InputError
 
 ModelName = Literal["resnet20", "resnet9"]
+Schedule = Literal["onecycle", "cosine"]
 Switch = Literal["auto", "on", "off"]
 
 # Per-model defaults: (base width, peak learning rate at a global batch of 128).
@@ -44,22 +46,36 @@ FIXES = {
 }
 
 
-def cli_option(name: str, value: Any) -> str:
-    """How a field is given on the command line: ``batch_size`` -> ``--batch-size 0``."""
-    return f"--{name.replace('_', '-')} {value}"
+# Fields that say where the run reads and writes: their own options, never forwarded as training settings.
+PLACEMENT = ("data", "out", "s3_endpoint")
 
 
-def parse_config(values: Mapping[str, Any], *, option: Callable[[str, Any], str] = cli_option) -> TrainConfig:
+def parse_config(
+    values: Mapping[str, Any], *, option: Callable[[str, Any], str] = config.cli_option
+) -> TrainConfig:
     """A :class:`TrainConfig` from user input; a refused value is one :class:`InputError` naming its option."""
-    try:
-        return TrainConfig.model_validate(dict(values))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "config"
-        raise InputError(
-            f"{option(name, values.get(name))} is invalid: {first['msg'][0].lower()}{first['msg'][1:]}",
-            FIXES.get(name, "pass a value within the bound above"),
-        ) from None
+    return config.parse(TrainConfig, values, option=option, fixes=FIXES)
+
+
+def settings_fields() -> list[str]:
+    """The training settings (every field but :data:`PLACEMENT`), in declaration order: each is a
+    ``cifarflow train`` option."""
+    return [name for name in TrainConfig.model_fields if name not in PLACEMENT]
+
+
+def container_args(cfg: TrainConfig) -> list[str]:
+    """The settings that differ from their defaults, as ``cifarflow train`` arguments for the same run inside
+    a pod: ``["--model", "resnet9", "--epochs", "3", "--no-evaluate"]`` (``--data``/``--out`` come first)."""
+    args: list[str] = []
+    for name in settings_fields():
+        value, default = getattr(cfg, name), TrainConfig.model_fields[name].default
+        if value == default or value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(f"--{'' if value else 'no-'}{config.flag(name)}")
+        else:
+            args += [f"--{config.flag(name)}", str(value)]
+    return args
 
 
 class TrainConfig(BaseModel):
@@ -68,39 +84,34 @@ class TrainConfig(BaseModel):
     # NaN passes every bound check (all comparisons are false) and inf passes `gt`: refuse both.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    data: str
-    out: str
-    model: ModelName = "resnet20"
-    depth: int = Field(
-        default=20, ge=8, description="ResNet-20 family only: 6n+2 layers (20, 32, 44, 56, 110)"
-    )
+    # Each description is the help of the field's `cifarflow train` option (see cli/train.py).
+    data: str = Field(description="Dataset folder (DATASETS/<dataset-id>) or its _manifest.json.")
+    out: str = Field(description="Model URL: saved_model/, checkpoints/, tensorboard/, report.html...")
+    model: ModelName = Field(default="resnet20", description="The network: resnet20 family or resnet9.")
+    depth: int = Field(default=20, ge=8, description="resnet20 family: 6n+2 layers (20, 32, 56...).")
     width: int | None = Field(
-        default=None, ge=1, description="channels of the first stage (resnet20: 16, resnet9: 64)"
+        default=None, ge=1, description="First-stage channels (default: 16 resnet20, 64 resnet9)."
     )
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(
-        default=128, ge=1, description="global batch: split across all replicas of all workers"
-    )
-    lr: float | None = Field(
-        default=None, gt=0, description="peak learning rate (default scales linearly with batch)"
-    )
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    warmup: float = Field(default=0.15, ge=0, lt=1, description="share of the steps spent warming up")
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    epochs: int = Field(default=30, ge=1, description="Training epochs.")
+    batch_size: int = Field(default=128, ge=1, description="Global batch, split over all replicas.")
+    lr: float | None = Field(default=None, gt=0, description="Peak learning rate (default: 0.1 x batch/128).")
+    schedule: Schedule = Field(default="onecycle", description="Learning-rate schedule.")
+    warmup: float = Field(default=0.15, ge=0, lt=1, description="Share of the steps spent warming up.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
     # Decoupled (w -= lr * wd * w each step, as Keras applies it): 5e-3 matches the usual coupled L2 of 5e-4,
     # which momentum 0.9 amplifies about tenfold.
-    weight_decay: float = Field(default=5e-3, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    augment: bool = True
-    mixed_precision: Switch = "auto"
-    xla: Switch = "auto"
+    weight_decay: float = Field(default=5e-3, ge=0, description="Decoupled weight decay.")
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="Label smoothing in [0, 1).")
+    augment: bool = Field(default=True, description="Random crops and flips while training.")
+    mixed_precision: Switch = Field(default="auto", description="auto: on with a GPU.")
+    xla: Switch = Field(default="auto", description="auto: on with a GPU.")
     checkpoint_every: int = Field(
-        default=500, ge=0, description="steps between checkpoints (0: only at epoch ends)"
+        default=500, ge=0, description="Steps between checkpoints (0: at epoch ends only)."
     )
-    keep_checkpoints: int = Field(default=3, ge=1)
-    shuffle_buffer: int = Field(default=10_000, ge=1)
-    seed: int = 0
-    evaluate: bool = True
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept.")
+    shuffle_buffer: int = Field(default=10_000, ge=1, description="Images in the shuffle buffer.")
+    seed: int = Field(default=0, description="Seed of initialisation and shuffling.")
+    evaluate: bool = Field(default=True, description="Score the test split after.")
     s3_endpoint: str | None = None
 
     @model_validator(mode="after")

@@ -1,0 +1,165 @@
+"""The Kubernetes backend: the launchers of :mod:`cifarflow.k8s` (a SparkApplication; a TFJob or a TrainJob, as
+``K8sSettings.trainer`` says), submitted or re-attached to, and watched to the end.
+
+Settings are resolved on one path, :func:`resolve_settings`: built-in defaults, then the deployment's
+``CIFARFLOW_K8S_*`` (the environment, then the mounted cifarflow-defaults ConfigMap), then what the caller gives
+(:class:`K8sOptions`: the pipeline's parameters; the CLI gives none). The cluster comes from ``KUBECONFIG`` or
+the pod's service account.
+
+A job is named after the work it does, so running it again (a retried step, a re-run command) re-attaches to it
+or reuses its result: a preprocess job after the planned dataset id and the Spark settings (or, where no id is
+planned, ``CIFARFLOW_RUN_ID`` or a hash of its arguments); a training job after its run name and model URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cifarflow import deployment
+from cifarflow.backends.base import (
+    Backend,
+    Job,
+    PreprocessRequest,
+    PreprocessResult,
+    TrainRequest,
+    TrainResult,
+)
+from cifarflow.storage import Store
+from cifarflow.train.config import container_args
+
+log = logging.getLogger(__name__)
+
+RUN_ID_ENV = "CIFARFLOW_RUN_ID"
+
+
+@dataclass(frozen=True)
+class SparkResources:
+    """The SparkApplication's size; an empty image leaves the deployment's (k8s/base: skaffold's tag)."""
+
+    image: str
+    executors: int  # the initial count; dynamic allocation scales from there
+    executor_cores: int
+    executor_memory: str
+    driver_memory: str
+
+
+@dataclass(frozen=True)
+class TrainerResources:
+    """The training job's size; an empty image leaves the deployment's."""
+
+    image: str
+    workers: int
+    gpus_per_worker: int  # -1 = the deployment's (GKE's overlay: 1)
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    """What a caller sets over the deployment's settings; empty values leave them."""
+
+    namespace: str = ""
+    s3_endpoint: str = ""
+    timeout_s: float | None = None
+    spark: SparkResources | None = None
+    trainer: TrainerResources | None = None
+
+
+def resolve_settings(options: K8sOptions, *, job: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The launchers' :class:`~cifarflow.k8s.settings.K8sSettings` for one ``job`` (preprocess or train): an
+    image given for one job does not change where the other takes its image from."""
+    from cifarflow.k8s.settings import ENV_PREFIX, K8sSettings
+
+    env = os.environ if environ is None else environ
+    deployed = {k: v for k, v in deployment.values().items() if k.startswith(ENV_PREFIX)}
+    given: dict[str, Any] = {}
+    if options.timeout_s is not None:
+        given["watch"] = {"timeout_s": options.timeout_s}
+    if options.namespace:
+        given["namespace"] = options.namespace
+    if options.s3_endpoint:
+        given["storage"] = {"s3_endpoint": options.s3_endpoint}
+    if job == "preprocess" and options.spark is not None:
+        given.update(_spark(options.spark))
+    if job == "train" and options.trainer is not None:
+        given.update(_trainer(options.trainer))
+    return K8sSettings.from_env({**env, **deployed}, **given)
+
+
+def _spark(spark: SparkResources) -> dict[str, Any]:
+    return {
+        # An empty image leaves the deployment's choice (in k8s/base: the tag skaffold deployed).
+        **({"images_from_cluster": False} if spark.image else {}),
+        "spark": {
+            **({"image": spark.image} if spark.image else {}),
+            "executors": spark.executors,
+            "executor": {
+                "cores": spark.executor_cores,
+                "core_limit": str(spark.executor_cores),
+                "memory": spark.executor_memory,
+            },
+            "driver": {"memory": spark.driver_memory},
+        },
+    }
+
+
+def _trainer(job: TrainerResources) -> dict[str, Any]:
+    train: dict[str, Any] = {"workers": job.workers}
+    if job.image:
+        train["image"] = job.image
+    if job.gpus_per_worker >= 0:
+        train["gpus"] = job.gpus_per_worker
+    return {**({"images_from_cluster": False} if job.image else {}), "train": train}
+
+
+class KubernetesBackend(Backend):
+    name = "k8s"
+
+    def __init__(self, store: Store, options: K8sOptions | None = None) -> None:
+        super().__init__(store)
+        self.options = options or K8sOptions()
+
+    def preprocess(self, request: PreprocessRequest) -> PreprocessResult:
+        from cifarflow.k8s import names
+        from cifarflow.k8s.launcher import launch_preprocess
+
+        settings = resolve_settings(self.options, job="preprocess")
+        params = request.params
+        if request.dataset_id:
+            # Named after the dataset and the job's settings: a retried step, or a second run of the same
+            # dataset, re-attaches to the running application instead of starting another.
+            job_id = f"{request.dataset_id}-{names.spec_hash(settings.spark.model_dump(mode='json'))[:6]}"
+        else:
+            args = [request.raw_url, request.datasets_url, str(params.partitions)]
+            job_id = os.environ.get(RUN_ID_ENV) or names.derive_run_id(
+                "preprocess", [*args, repr(params.val_fraction), str(params.seed)]
+            )
+        result = launch_preprocess(
+            settings,
+            job_id,
+            raw=request.raw_url,
+            out=request.datasets_url,
+            partitions=params.partitions,
+            val_fraction=params.val_fraction,
+            seed=params.seed,
+        )
+        return PreprocessResult(job=_job(result), outputs=dict(result.outputs))
+
+    def train(self, request: TrainRequest) -> TrainResult:
+        from cifarflow.k8s.launcher import launch_train
+
+        settings = resolve_settings(self.options, job="train")
+        cfg = request.cfg
+        # Named by the run and its folder (job_name digests the whole id): a retried step, or a later run with
+        # the same settings, re-attaches to the job that trains this model instead of starting a second one.
+        job_id = f"{request.run_name}-{cfg.out}"
+        result = launch_train(settings, job_id, data=cfg.data, out=cfg.out, extra_args=container_args(cfg))
+        return TrainResult(job=_job(result), outputs=dict(result.outputs))
+
+
+def _job(result: Any) -> Job:
+    job = Job(result.kind, result.name, result.namespace, result.state, result.reused, result.seconds)
+    log.info("%s %s/%s %s in %.0f s", job.kind, job.namespace, job.name, job.state, job.seconds)
+    return job

@@ -1,0 +1,52 @@
+"""The local backend: Spark in local mode and the trainer in this process (a laptop, CI, a pipeline step's pod)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from cifarflow.backends.base import Backend, PreprocessRequest, PreprocessResult, TrainRequest, TrainResult
+from cifarflow.errors import InputError
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def preprocess(self, request: PreprocessRequest) -> PreprocessResult:
+        require("pyspark", "preprocess with backend=local", "cifarflow[spark]")
+        from cifarflow.data import preprocess as pre
+
+        params = request.params
+        result = pre.preprocess(
+            request.raw_url,
+            request.datasets_url,
+            master=request.master,
+            partitions=params.partitions,
+            val_fraction=params.val_fraction,
+            seed=params.seed,
+            store=self.store,
+        )
+        return PreprocessResult(outputs={"dataset": result.dataset_id, "manifest": result.manifest_url})
+
+    def train(self, request: TrainRequest) -> TrainResult:
+        require("tensorflow", "train with backend=local", "cifarflow[train]")
+        from cifarflow.train import trainer
+
+        cfg = request.cfg
+        result = trainer.train(cfg, hooks=request.hooks)
+        if not result.is_chief:
+            return TrainResult()  # the chief reports; the other replicas' logs stay quiet
+        outputs = {"model": result.model_url, "saved_model": str(result.saved_model_url)}
+        if cfg.evaluate:
+            from cifarflow.train.evaluate import evaluate
+
+            scored = evaluate(cfg.data, cfg.out, cfg.out, store=self.store)
+            outputs.update(test_accuracy=f"{scored.accuracy:.4f}", report=scored.report_url)
+        return TrainResult(outputs=outputs)
+
+
+def require(module: str, what: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise InputError(
+            f"{what} needs {module}, which this image does not have",
+            f"use backend=k8s, or a pipeline image built with {extra}",
+        )
