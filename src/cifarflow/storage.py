@@ -14,9 +14,10 @@ import logging
 import os
 import posixpath
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -70,7 +71,6 @@ class StorageConfig:
     s3_endpoint: str | None = None
     # Fail fast on an unreachable endpoint instead of botocore's minutes of retries.
     connect_timeout: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, s3_endpoint: str | None = None) -> StorageConfig:
@@ -88,9 +88,7 @@ class StorageConfig:
             }
             if self.s3_endpoint:
                 opts["endpoint_url"] = self.s3_endpoint
-            return {**opts, **self.extra}
-        if protocol in ("gs", "gcs"):
-            return dict(self.extra)
+            return opts
         return {}
 
 
@@ -178,11 +176,31 @@ class Store:
         """
         with translate(url):
             fs, path = self.fs(url)
-            if _is_local(fs):
-                with local_tmp(path) as tmp, open(tmp, "wb") as handle:
-                    handle.write(data)
-            else:
+            if not _is_local(fs):
                 fs.pipe_file(path, data)
+                return
+        with self.write_atomic(url) as handle:
+            handle.write(data)
+
+    @contextlib.contextmanager
+    def write_atomic(self, url: str) -> Iterator[IO[bytes]]:
+        """A file to write the whole of ``url`` into: it appears at ``url`` only when the block finishes, and a
+        failure (disk full, read-only, Ctrl-C, bad input) leaves nothing behind, temporary files included.
+
+        Local disks: a unique temporary name beside ``url`` (see :func:`local_tmp`), renamed over it. Object
+        stores: a local temporary file, then one upload, which becomes visible only when it completes.
+        """
+        with translate(url):
+            fs, path = self.fs(url)
+        if _is_local(fs):
+            with translate(url), local_tmp(path) as tmp, open(tmp, "wb") as handle:
+                yield handle
+            return
+        with tempfile.TemporaryDirectory(prefix="cifarflow-upload-") as tmpdir:
+            tmp = os.path.join(tmpdir, basename(url))
+            with translate("file://" + tmp), open(tmp, "wb") as handle:  # local disk full: one line too
+                yield handle
+            self.put_file(tmp, url)
 
     def write_text(self, url: str, text: str) -> None:
         self.write_bytes(url, text.encode("utf-8"))

@@ -44,6 +44,53 @@ def test_gcs_roundtrip(gcs_server, gcs_bucket) -> None:
     _roundtrip(gcs_server.store(), gcs_bucket)
 
 
+class _Boom(Exception):
+    """A writer's own failure in the middle of an atomic write."""
+
+
+def _write_atomic_is_all_or_nothing(store: Store, base: str) -> None:
+    url = join(base, "w", "archive.tar.gz")
+    with store.write_atomic(url) as handle:
+        handle.write(b"part 1, ")
+        handle.write(b"part 2")
+    assert store.read_bytes(url) == b"part 1, part 2"
+    with pytest.raises(_Boom), store.write_atomic(url) as handle:
+        handle.write(b"half of a new version")
+        raise _Boom
+    assert store.read_bytes(url) == b"part 1, part 2"  # the old version stays whole
+    failed = join(base, "w", "never.bin")
+    with pytest.raises(_Boom), store.write_atomic(failed) as handle:
+        handle.write(b"x")
+        raise _Boom
+    assert not store.exists(failed)
+    assert [u.rsplit("/", 1)[1] for u in store.list(join(base, "w"))] == ["archive.tar.gz"]  # no temp file
+
+
+def test_write_atomic_local(tmp_path) -> None:
+    _write_atomic_is_all_or_nothing(Store(), str(tmp_path))
+
+
+def test_write_atomic_s3(s3_server, s3_bucket) -> None:
+    _write_atomic_is_all_or_nothing(s3_server.store(), s3_bucket)
+
+
+def test_write_atomic_gcs(gcs_server, gcs_bucket) -> None:
+    _write_atomic_is_all_or_nothing(gcs_server.store(), gcs_bucket)
+
+
+def test_write_atomic_full_or_read_only_disk_is_one_line(tiny_fs) -> None:
+    url = str(tiny_fs.path / "big.bin")
+    with (
+        pytest.raises(StorageError, match=f"^no space left writing {url} "),
+        Store().write_atomic(url) as out,
+    ):
+        out.write(b"\0" * (2 << 20))
+    assert list(tiny_fs.path.iterdir()) == []
+    tiny_fs.remount("ro")
+    with pytest.raises(StorageError, match="read-only file system"), Store().write_atomic(url) as out:
+        out.write(b"x")
+
+
 def test_store_pickles_for_spark_tasks(s3_server) -> None:
     store = pickle.loads(pickle.dumps(s3_server.store()))
     assert store.config.s3_endpoint == s3_server.endpoint
