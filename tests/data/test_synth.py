@@ -191,6 +191,16 @@ def test_bad_arguments_fail_with_one_line(tmp_path, capsys) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_usage_error_is_typers_message_and_exit_2(tmp_path, capsys) -> None:
+    """typer vendors click: its usage errors are caught by their own class (cifarflow.cli), not a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", str(tmp_path), "--train", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "Invalid value for '--train'" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def synth_error(capsys: pytest.CaptureFixture[str], out: str, train: str = "10") -> str:
     """Run ``cifarflow synth`` that must fail; returns its one error line (the bad-input contract)."""
     with pytest.raises(SystemExit) as exit_info:

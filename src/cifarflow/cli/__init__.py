@@ -47,8 +47,10 @@ from cifarflow.cli import run as _run  # noqa: E402,F401
 from cifarflow.cli import serve as _serve  # noqa: E402,F401
 from cifarflow.cli import train as _train  # noqa: E402,F401
 
-# typer >= 0.24 vendors click: its usage errors are not click's classes.
-_TyperClickException: Any = type(typer.BadParameter("")).__mro__[2]
+try:  # typer >= 0.24 vendors click: its usage errors are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # an older typer raises click's own
+    from click import ClickException as _TyperClickException  # type: ignore[assignment]
 
 
 class Terminated(KeyboardInterrupt):
