@@ -67,7 +67,7 @@ def synth(
 @app.command()
 def ingest(
     *,
-    dest: Annotated[str, typer.Option("--dest", help="Bucket URL; raw shards land under DEST/raw/.")],
+    dest: Annotated[str, typer.Option("--dest", help="Bucket URL; raw member files land under DEST/raw/.")],
     source: Annotated[
         str, typer.Option("--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path.")
     ] = "cifar10",
@@ -82,7 +82,7 @@ def ingest(
     ] = 4 << 30,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Stream a CIFAR archive into the bucket as raw shards (idempotent, atomic, resumable)."""
+    """Stream a CIFAR archive into the bucket as raw member files (idempotent, atomic, resumable)."""
     from cifarflow.data import ingest as ingest_mod
 
     result = ingest_mod.ingest(source, dest, store=make_store(s3_endpoint), md5=md5, max_bytes=max_bytes)
