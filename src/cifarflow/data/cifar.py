@@ -20,7 +20,8 @@ CHANNELS = 3
 IMAGE_BYTES = HEIGHT * WIDTH * CHANNELS  # 3072
 ROWS_PER_BATCH = 10_000  # CIFAR-10's python batches hold 10k images each
 
-Kind = Literal["python", "binary"]
+# How a variant encodes its images: pickled dicts, or fixed-size binary records.
+Encoding = Literal["python", "binary"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Layout:
 
     name: str
     dataset: Literal["cifar10", "cifar100"]
-    kind: Kind
+    kind: Encoding
     root: str
     train: str  # glob of train members, relative to root
     test: str
