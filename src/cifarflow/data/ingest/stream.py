@@ -23,7 +23,7 @@ from cifarflow.storage import translate
 log = logging.getLogger(__name__)
 
 RECORDS_PER_CHUNK = 2048  # binary records validated per step (~6 MB)
-# Kept besides the layout's meta file: CIFAR-100 binary ships its superclass names separately.
+# Kept beside the layout's meta file: CIFAR-100 binary ships its superclass names separately.
 EXTRA_META = {"cifar100-binary": {"coarse_label_names.txt"}}
 
 
