@@ -68,10 +68,11 @@ def test_images_that_do_not_fit_the_model(
 ) -> None:
     ds = copy(tiny_dataset, tmp_path)
     manifest = json.loads((ds / "_manifest.json").read_text())
-    manifest["image"].update(height=64, width=64)
+    manifest["image"].update(channels=1)  # any size is taken (the model follows it), but only RGB
     (ds / "_manifest.json").write_text(json.dumps(manifest))
     line = run(train(ds, tmp_path / "out"), capsys)
-    assert "holds 64x64x3 images, the models take 32x32x3" in line and "resize the images" in line
+    assert "holds 32x32x1 HWC uint8 images, the models take HWC uint8 RGB images" in line
+    assert "preprocess the images to RGB" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ tf = pytest.importorskip("tensorflow")
 from cifarflow.train import model, optim  # noqa: E402
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+CIFAR = (32, 32, 3)
 
 
 def cfg(**kw: object) -> TrainConfig:
@@ -23,7 +25,7 @@ def cfg(**kw: object) -> TrainConfig:
 
 
 def test_resnet20_is_the_cifar_resnet() -> None:
-    m = model.build(cfg(), num_classes=10, mean=MEAN, std=STD)
+    m = model.build(cfg(), num_classes=10, mean=MEAN, std=STD, shape=CIFAR)
     # He et al.'s ResNet-20 has 0.27M parameters; 1x1 projection shortcuts add ~3k.
     assert 270_000 < m.count_params() < 280_000
     assert (
@@ -33,17 +35,48 @@ def test_resnet20_is_the_cifar_resnet() -> None:
 
 
 def test_depth_and_width_are_configurable() -> None:
-    small = model.build(cfg(depth=8, width=8), num_classes=10, mean=MEAN, std=STD)
-    deep = model.build(cfg(depth=32), num_classes=10, mean=MEAN, std=STD)
+    small = model.build(cfg(depth=8, width=8), num_classes=10, mean=MEAN, std=STD, shape=CIFAR)
+    deep = model.build(cfg(depth=32), num_classes=10, mean=MEAN, std=STD, shape=CIFAR)
     assert small.count_params() < 25_000 and deep.count_params() > 280_000
     with pytest.raises(InputError, match="not a CIFAR ResNet depth"):
         cfg(depth=21)
 
 
 def test_resnet9_builds_and_scales_its_head() -> None:
-    m = model.build(cfg(model="resnet9", width=8), num_classes=100, mean=MEAN, std=STD)
+    m = model.build(cfg(model="resnet9", width=8), num_classes=100, mean=MEAN, std=STD, shape=CIFAR)
     assert tuple(m.output.shape) == (None, 100)
     assert m.get_layer("scale").scale == 0.125
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet9"])
+def test_the_input_and_the_stem_follow_the_image_size(name: str) -> None:
+    """Up to 64 px the CIFAR stem (the same weights as at 32 px), above it the strided ImageNet stem."""
+    small = cfg(model=name, depth=8, width=8)
+
+    def built(shape: tuple[int, int, int]) -> Any:
+        return model.build(small, num_classes=5, mean=MEAN, std=STD, shape=shape)
+
+    cifar, at64, at96, wide = built(CIFAR), built((64, 64, 3)), built((96, 96, 3)), built((160, 224, 3))
+    for m, shape in ((at64, (64, 64, 3)), (at96, (96, 96, 3)), (wide, (160, 224, 3))):
+        assert tuple(m.input.shape) == (None, *shape) and tuple(m.output.shape) == (None, 5)
+    stem = "prep" if name == "resnet9" else "stem"
+    assert at64.count_params() == cifar.count_params()
+    assert at64.get_layer(f"{stem}_conv").kernel.shape[:2] == (3, 3)
+    assert at64.get_layer(f"{stem}_conv").strides == (1, 1)
+    for m in (at96, wide):
+        conv = m.get_layer(f"{stem}_conv")
+        assert conv.kernel.shape[:2] == (7, 7) and conv.strides == (2, 2)
+        # /4 before the first stage: a 96 px image enters it at 24 px, as a 224 px one does at 56.
+        assert tuple(m.get_layer(f"{stem}_pool").output.shape[1:3]) == (
+            m.input.shape[1] // 4,
+            m.input.shape[2] // 4,
+        )
+    out = wide(tf.zeros([2, 160, 224, 3], tf.uint8), training=False)
+    assert tuple(out.shape) == (2, 5)
+    # The stem is part of what a checkpoint must match; the CIFAR one keeps the fingerprints of older runs.
+    assert "stem" not in small.architecture(5, (64, 64))
+    assert small.architecture(5, (96, 96))["stem"] == "imagenet"
+    assert small.fingerprint(5, (32, 32)) != small.fingerprint(5, (224, 224))
 
 
 def test_standardize_is_the_dataset_normalisation() -> None:
@@ -54,7 +87,7 @@ def test_standardize_is_the_dataset_normalisation() -> None:
 
 
 def test_mixed_precision_computes_in_float16_and_answers_in_float32() -> None:
-    m = model.build(cfg(depth=8, width=8), num_classes=10, mean=MEAN, std=STD, mixed=True)
+    m = model.build(cfg(depth=8, width=8), num_classes=10, mean=MEAN, std=STD, shape=CIFAR, mixed=True)
     assert m.get_layer("stem_conv").compute_dtype == "float16"
     assert m.get_layer("stem_conv").variable_dtype == "float32"
     out = m(tf.zeros([2, 32, 32, 3], tf.uint8))
@@ -75,7 +108,7 @@ def test_learning_rate_scales_with_the_global_batch() -> None:
 
 
 def test_weight_decay_skips_batchnorm_and_biases() -> None:
-    m = model.build(cfg(depth=8, width=8), num_classes=10, mean=MEAN, std=STD)
+    m = model.build(cfg(depth=8, width=8), num_classes=10, mean=MEAN, std=STD, shape=CIFAR)
     opt = optim.optimizer(cfg(), 10)
     opt.build(m.trainable_variables)
     decayed = {v.path.split("/")[-1] for v in m.trainable_variables if opt._use_weight_decay(v)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +93,40 @@ def test_more_workers_than_files_shards_images(tmp_path: Path) -> None:
     assert set(got[0] % 2) == {0} and set(got[1] % 2) == {1}
 
 
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (160, 160)])
+def test_any_image_size_is_read_at_the_manifest_size(tmp_path: Path, size: tuple[int, int]) -> None:
+    images, labels = arrays.synthetic(40, classes=5, size=size)
+    url = str(tmp_path / "ds")
+    arrays.write(Store(), url, {"train": (images, labels)}, class_names=CLASSES[:5], files_per_split=2)
+    src = source.open_source(Store(), url)
+    assert src.shape == (*size, 3) and src.num_classes == 5
+    got = np.concatenate([x for x, _ in src.chunks("train")])
+    assert got.shape == (40, *size, 3)
+    np.testing.assert_array_equal(got, images)
+
+
+@pytest.mark.parametrize(
+    ("image", "shown"),
+    [({"channels": 1}, "32x32x1 HWC uint8"), ({"channels": 4}, "32x32x4"), ({"height": 4}, "4x32x3")],
+)
+def test_images_that_are_not_rgb_of_a_usable_size_are_one_line(
+    tmp_path: Path, image: dict[str, int], shown: str
+) -> None:
+    url = str(tmp_path / "ds")
+    arrays.write(Store(), url, {"train": numbered(20)}, class_names=CLASSES, files_per_split=1)
+    manifest = tmp_path / "ds" / "_manifest.json"
+    record = json.loads(manifest.read_text())
+    record["image"].update(image)
+    manifest.write_text(json.dumps(record))
+    with pytest.raises(InputError, match=f"holds {shown}.* images, the models take HWC uint8 RGB") as err:
+        source.open_source(Store(), url)
+    assert "\n" not in str(err.value)
+
+
 def test_shards_with_wrong_image_size_are_refused() -> None:
     images = pa.array([b"\x00" * 64 * 64 * 3] * 4, pa.binary())
     batch = pa.record_batch([images, pa.array([0, 1, 2, 3], pa.int32())], names=["image", "label"])
-    with pytest.raises(InputError, match=r"holds images of \[12288\] bytes, the models take 3072"):
+    with pytest.raises(InputError, match=r"holds images of \[12288\] bytes, its manifest says 3072"):
         source.decode_batch(batch, (32, 32, 3), 10, "s3://b/ds/train/part-0.parquet")
 
 

@@ -55,7 +55,7 @@ class Classifier:
 
         with export.downloaded(store, model_url) as local:
             fn = export.load_signature(local)  # variables are restored now: the copy can go afterwards
-        height, width = (int(d) for d in fn.structured_input_signature[1][INPUT].shape[1:3])
+        height, width = export.input_size(fn)  # the training dataset's size, as exported
         classes = int(fn.structured_outputs["probabilities"].shape[-1])
         info = ModelInfo(redact(model_url), class_names(store, model_url, classes), height, width)
         log.info("loaded %s: %dx%d images, %d classes", info.url, height, width, classes)

@@ -13,17 +13,26 @@ from cifarflow.data import manifest as mf
 from cifarflow.data.cifar import chw_to_hwc
 from cifarflow.storage import Store
 
-Split = tuple[np.ndarray, np.ndarray]  # images (n, 32, 32, 3) uint8 HWC, labels (n,) int
+Split = tuple[np.ndarray, np.ndarray]  # images (n, H, W, 3) uint8 HWC, labels (n,) int
+
+SYNTH_SIDE = 32  # cifarflow synth renders CIFAR-sized images; other sizes are resampled from them
 
 
-def synthetic(n: int, classes: int = 10, seed: int = 0) -> Split:
-    """``n`` learnable images from ``cifarflow synth``'s generator (a grating per class)."""
+def synthetic(n: int, classes: int = 10, seed: int = 0, size: int | tuple[int, int] = SYNTH_SIDE) -> Split:
+    """``n`` learnable images from ``cifarflow synth``'s generator (a grating per class), ``size`` pixels a
+    side (or (height, width)): rendered at 32x32 and resampled nearest-neighbour, so every size is as learnable."""
     from cifarflow.data import synth
 
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % classes)
     rows = synth.render(labels, synth.ClassTable.for_classes(classes), rng)
-    return chw_to_hwc(rows).reshape(n, 32, 32, 3), labels.astype(np.int32)
+    images = chw_to_hwc(rows).reshape(n, SYNTH_SIDE, SYNTH_SIDE, 3)
+    height, width = (size, size) if isinstance(size, int) else size
+    if (height, width) != (SYNTH_SIDE, SYNTH_SIDE):
+        rows_at = np.arange(height) * SYNTH_SIDE // height
+        cols_at = np.arange(width) * SYNTH_SIDE // width
+        images = np.ascontiguousarray(images[:, rows_at[:, None], cols_at[None, :]])
+    return images, labels.astype(np.int32)
 
 
 def binary_column(rows: np.ndarray) -> pa.Array:
@@ -63,8 +72,10 @@ def write(
         counts[split] = np.bincount(labels, minlength=len(class_names)).tolist()
     train_images = splits["train"][0].reshape(-1, 3).astype(np.float64) / 255.0
     stats = mf.Stats(mean=train_images.mean(0).tolist(), std=train_images.std(0).tolist(), counts=counts)
+    height, width, channels = splits["train"][0].shape[1:]
     manifest = mf.Manifest(
         dataset_id=dataset_id,
+        image=mf.ImageSpec(height=height, width=width, channels=channels),
         num_classes=len(class_names),
         class_names=class_names,
         splits=infos,

@@ -20,6 +20,17 @@ Switch = Literal["auto", "on", "off"]
 MODEL_DEFAULTS: dict[str, tuple[int, float]] = {"resnet20": (16, 0.1), "resnet9": (64, 0.1)}
 REFERENCE_BATCH = 128
 
+# The stem follows the image size: the CIFAR stem (3x3, stride 1) up to this many pixels a side, the ImageNet
+# stem (7x7/2 convolution + 3x3/2 max-pool) above, so a large image costs what it must and no more.
+CIFAR_STEM_MAX = 64
+Stem = Literal["cifar", "imagenet"]
+
+
+def stem_for(height: int, width: int) -> Stem:
+    """The stem the models use for ``height`` x ``width`` images (see :data:`CIFAR_STEM_MAX`)."""
+    return "cifar" if max(height, width) <= CIFAR_STEM_MAX else "imagenet"
+
+
 # Fields that say where or how a run executes, not what it computes: they do not name the run. (Mixed
 # precision and XLA are hardware choices: "auto" follows the GPU, and both kinds of run share checkpoints.)
 NOT_DEFINING = frozenset(
@@ -129,15 +140,18 @@ class TrainConfig(BaseModel):
         # Linear scaling rule (Goyal et al.): the reference rate is tuned for a global batch of 128.
         return self.lr or MODEL_DEFAULTS[self.model][1] * self.batch_size / REFERENCE_BATCH
 
-    def architecture(self, num_classes: int) -> dict[str, Any]:
-        """What a checkpoint's variables depend on; resuming with anything else would not load."""
+    def architecture(self, num_classes: int, image: tuple[int, int]) -> dict[str, Any]:
+        """What a checkpoint's variables depend on; resuming with anything else would not load. ``image`` is
+        (height, width): it chooses the stem, recorded only when not the CIFAR one (older fingerprints hold)."""
         arch: dict[str, Any] = {"model": self.model, "width": self.base_width, "num_classes": num_classes}
         if self.model == "resnet20":
             arch["depth"] = self.depth
+        if (stem := stem_for(*image)) != "cifar":
+            arch["stem"] = stem
         return arch
 
-    def fingerprint(self, num_classes: int) -> str:
-        key = json.dumps(self.architecture(num_classes), sort_keys=True).encode()
+    def fingerprint(self, num_classes: int, image: tuple[int, int]) -> str:
+        key = json.dumps(self.architecture(num_classes, image), sort_keys=True).encode()
         return hashlib.sha256(key).hexdigest()[:16]
 
     def defining(self) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The servable model: a SavedModel whose signature takes raw uint8 images and does the normalisation itself.
 
-``tf.saved_model.load(path).signatures["serving_default"](images=uint8[N, 32, 32, 3])`` returns ``logits``,
-``probabilities``, ``class_id`` and ``class_name``. The exported copy is float32 whatever the training
-precision, so it serves on any CPU; it is uploaded through the store with ``saved_model.pb`` last, so a reader
-never loads a half-uploaded model.
+``tf.saved_model.load(path).signatures["serving_default"](images=uint8[N, H, W, 3])`` returns ``logits``,
+``probabilities``, ``class_id`` and ``class_name``; H and W are the training dataset's (the model's input).
+The exported copy is float32 whatever the training precision, so it serves on any CPU; it is uploaded
+through the store with ``saved_model.pb`` last, so a reader never loads a half-uploaded model.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def weights_fingerprint(weights: list[np.ndarray]) -> str:
 
 
 def export(model: keras.Model, class_names: list[str], store: Store, model_url: str) -> str:
-    """Write ``model`` (float32, non-distributed) as ``MODEL_URL/saved_model``; returns its URL."""
+    """Write ``model`` (float32, non-distributed) as ``MODEL_URL/saved_model``; returns its URL. The signature
+    takes uint8 ``[None, H, W, 3]``, the model's own input size."""
     names = tf.constant(class_names)
+    height, width, channels = model.input_shape[1:]
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = model(images, training=False)
@@ -56,7 +58,9 @@ def export(model: keras.Model, class_names: list[str], store: Store, model_url: 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        "serve", serve, input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")]
+        "serve",
+        serve,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")],
     )
     url = join(model_url, SAVED_MODEL)
     with tempfile.TemporaryDirectory(prefix="cifarflow-export-") as tmp:
@@ -107,8 +111,15 @@ def _download(store: Store, url: str, local: str) -> None:
             shutil.copyfileobj(src, dst, 16 << 20)
 
 
+def input_size(fn: Any) -> tuple[int, int]:
+    """(height, width) of the images a serving function (checked by :func:`load_signature`) takes."""
+    height, width = fn.structured_input_signature[1]["images"].shape[1:3]
+    return int(height), int(width)
+
+
 def load_signature(path: str) -> Any:
-    """The serving function of a local SavedModel, checked to take uint8 32x32x3 images."""
+    """The serving function of a local SavedModel, checked to take uint8 ``[N, H, W, 3]`` images of a fixed
+    size."""
     loaded = tf.saved_model.load(path)
     if SIGNATURE not in loaded.signatures:
         raise InputError(
@@ -116,9 +127,10 @@ def load_signature(path: str) -> Any:
         )
     fn = loaded.signatures[SIGNATURE]
     spec = fn.structured_input_signature[1].get("images")
-    if spec is None or spec.dtype != tf.uint8 or list(spec.shape)[1:] != [32, 32, 3]:
+    dims = list(spec.shape) if spec is not None and spec.shape.rank is not None else []
+    if spec is None or spec.dtype != tf.uint8 or len(dims) != 4 or dims[3] != 3 or None in dims[1:3]:
         raise InputError(
-            f"the SavedModel's signature takes {spec}, not uint8 images of 32x32x3",
+            f"the SavedModel's signature takes {spec}, not uint8 [N, H, W, 3] images of a fixed size",
             "evaluate a model written by `cifarflow train`",
         )
     fn._cifarflow_owner = loaded  # keep the variables alive as long as the function

@@ -1,4 +1,4 @@
-"""ResNets for 32x32 images, built with Keras 3 layers.
+"""ResNets for images of any size (the dataset's), built with Keras 3 layers.
 
 Every model takes raw ``uint8`` images: its first layer (:class:`Standardize`) applies the dataset's
 per-channel mean/std, so the trained model, the checkpoint and the exported SavedModel see pixels alike.
@@ -9,6 +9,11 @@ per-channel mean/std, so the trained model, the checkpoint and the exported Save
 - ``resnet9``: the residual net of Page's DAWNBench entry (94% on CIFAR-10 in 24 epochs): prep, three
   stages of ``2*width``, ``4*width``, ``8*width`` channels with max-pooling, residual blocks after the first
   and third, a global max-pool and a 0.125-scaled linear head.
+
+The stem follows the input size (:func:`config.stem_for`): up to ``CIFAR_STEM_MAX`` (64) pixels a side, the
+CIFAR stem (a 3x3 convolution at full resolution, as both papers use it); above, the ImageNet stem of He et al.
+(a 7x7/2 convolution and a 3x3/2 max-pool), which brings a 224 px image to 56 px before the first stage, so the
+compute per image grows with the area only as far as it must.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from cifarflow.train.config import TrainConfig
+from cifarflow.train.config import Stem, TrainConfig, stem_for
 
 BN_MOMENTUM = 0.9  # Keras' 0.99 lags behind the weights in short runs; 0.9 is what CIFAR recipes use
 BN_EPSILON = 1e-5
@@ -44,16 +49,24 @@ class Standardize(layers.Layer):
 
 
 def build(
-    cfg: TrainConfig, *, num_classes: int, mean: list[float], std: list[float], mixed: bool = False
+    cfg: TrainConfig,
+    *,
+    num_classes: int,
+    mean: list[float],
+    std: list[float],
+    shape: tuple[int, int, int],
+    mixed: bool = False,
 ) -> keras.Model:
-    """The model ``cfg`` names, for ``num_classes`` classes; ``mixed`` computes in float16 (GPU only)."""
+    """The model ``cfg`` names, for ``num_classes`` classes and uint8 HWC images of ``shape``; ``mixed``
+    computes in float16 (GPU only)."""
     policy = "mixed_float16" if mixed else "float32"
-    inputs = keras.Input(shape=(32, 32, 3), dtype="uint8", name="images")
+    inputs = keras.Input(shape=shape, dtype="uint8", name="images")
     x = Standardize(mean, std, name="standardize")(inputs)
+    stem = stem_for(shape[0], shape[1])
     if cfg.model == "resnet9":
-        x = _resnet9_body(x, cfg.base_width, policy)
+        x = _resnet9_body(x, cfg.base_width, policy, stem)
     else:
-        x = _resnet20_body(x, cfg.depth, cfg.base_width, policy)
+        x = _resnet20_body(x, cfg.depth, cfg.base_width, policy, stem)
     # Logits in float32 whatever the policy: softmax and the loss are not safe in float16.
     logits = layers.Dense(num_classes, dtype="float32", name="logits")(x)
     if cfg.model == "resnet9":
@@ -81,9 +94,17 @@ def _conv_bn(
     return layers.Activation("relu", dtype=policy, name=f"{name}_relu")(x) if relu else x
 
 
-def _resnet20_body(x: Any, depth: int, width: int, policy: str) -> Any:
+def _stem(x: Any, channels: int, policy: str, stem: Stem, name: str) -> Any:
+    """The first convolution: full resolution for small images, /4 (7x7/2 conv, 3x3/2 max-pool) for large."""
+    if stem == "cifar":
+        return _conv_bn(x, channels, policy, name=name)
+    x = _conv_bn(x, channels, policy, stride=2, kernel=7, name=name)
+    return layers.MaxPooling2D(3, strides=2, padding="same", dtype=policy, name=f"{name}_pool")(x)
+
+
+def _resnet20_body(x: Any, depth: int, width: int, policy: str, stem: Stem) -> Any:
     blocks = (depth - 2) // 6
-    x = _conv_bn(x, width, policy, name="stem")
+    x = _stem(x, width, policy, stem, name="stem")
     for stage in range(3):
         channels = width * 2**stage
         for block in range(blocks):
@@ -98,7 +119,7 @@ def _resnet20_body(x: Any, depth: int, width: int, policy: str) -> Any:
     return layers.GlobalAveragePooling2D(dtype=policy, name="pool")(x)
 
 
-def _resnet9_body(x: Any, width: int, policy: str) -> Any:
+def _resnet9_body(x: Any, width: int, policy: str, stem: Stem) -> Any:
     def stage(x: Any, channels: int, name: str, residual: bool) -> Any:
         x = _conv_bn(x, channels, policy, name=name)
         x = layers.MaxPooling2D(2, dtype=policy, name=f"{name}_pool")(x)
@@ -108,7 +129,7 @@ def _resnet9_body(x: Any, width: int, policy: str) -> Any:
             x = layers.Add(dtype=policy, name=f"{name}_add")([x, y])
         return x
 
-    x = _conv_bn(x, width, policy, name="prep")
+    x = _stem(x, width, policy, stem, name="prep")
     x = stage(x, 2 * width, "layer1", residual=True)
     x = stage(x, 4 * width, "layer2", residual=False)
     x = stage(x, 8 * width, "layer3", residual=True)

@@ -2,10 +2,10 @@
 
 No TensorFlow here: bad input is refused before the heavy engine starts, and evaluation and benchmarks reuse
 the reader. Images come out of Parquet a row group at a time, without a per-image Python call: the ``image``
-column's data buffer is one block of ``rows * 3072`` bytes, viewed in place as ``(rows, 32, 32, 3)``
-uint8. Shuffling and batching happen here too, vectorised per batch in numpy: tf.data's per-element
-``unbatch`` -> ``shuffle`` -> ``batch`` costs about 5 microseconds of CPU per image, which alone would cap a
-core at 200k images/s.
+column's data buffer is one block of ``rows * H * W * 3`` bytes, viewed in place as ``(rows, H, W, 3)`` uint8,
+at whatever size the manifest records. Shuffling and batching happen here too, vectorised per batch in numpy:
+tf.data's per-element ``unbatch`` -> ``shuffle`` -> ``batch`` costs about 5 microseconds of CPU per image,
+which alone would cap a core at 200k images/s.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from cifarflow.storage import Store, join, redact
 
 log = logging.getLogger(__name__)
 
-# The models are built for CIFAR's geometry; anything else is refused up front, not deep inside a conv layer.
-MODEL_INPUT = (32, 32, 3)
+# Every model takes RGB; the height and width are the dataset's (the manifest's ``image``), whatever they are.
+CHANNELS = 3
+# The smallest side the models take: ResNet-20 halves it twice and ResNet-9 three times.
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -69,14 +71,9 @@ class DataSource:
 
 
 def open_source(store: Store, url: str) -> DataSource:
-    """Load and check a dataset for training: committed, 32x32x3, statistics present and sane."""
+    """Load and check a dataset for training: committed, HWC uint8 RGB of any size, statistics present and sane."""
     manifest, base = mf.load(store, url)
-    if (shape := (manifest.image.height, manifest.image.width, manifest.image.channels)) != MODEL_INPUT:
-        raise InputError(
-            f"dataset {manifest.dataset_id} holds {'x'.join(map(str, shape))} images, the models take "
-            f"{'x'.join(map(str, MODEL_INPUT))}",
-            "resize the images to 32x32 RGB when preprocessing, or point --data at a CIFAR-shaped dataset",
-        )
+    check_image(manifest)
     if manifest.num_classes < 2 or len(manifest.class_names) != manifest.num_classes:
         raise InputError(
             f"dataset {manifest.dataset_id} declares {manifest.num_classes} classes and "
@@ -84,13 +81,24 @@ def open_source(store: Store, url: str) -> DataSource:
             "re-run `cifarflow preprocess`",
         )
     stats = mf.load_stats(store, manifest, base)
-    channels = MODEL_INPUT[2]
-    if len(stats.mean) != channels or len(stats.std) != channels or min(stats.std) <= 0:
+    if len(stats.mean) != CHANNELS or len(stats.std) != CHANNELS or min(stats.std) <= 0:
         raise InputError(
             f"{redact(join(base, mf.STATS))} has no usable per-channel mean/std",
             "re-run `cifarflow preprocess` (the train split must not be empty)",
         )
     return DataSource(store=store, manifest=manifest, base=base, stats=stats)
+
+
+def check_image(manifest: mf.Manifest) -> None:
+    """The models take HWC uint8 RGB images of at least MIN_SIDE pixels a side; the size is the dataset's."""
+    image = manifest.image
+    shape = f"{image.height}x{image.width}x{image.channels} {image.layout} {image.dtype}"
+    if image.channels != CHANNELS or min(image.height, image.width) < MIN_SIDE:
+        raise InputError(
+            f"dataset {manifest.dataset_id} holds {shape} images, the models take HWC uint8 RGB images of "
+            f"at least {MIN_SIDE}x{MIN_SIDE}",
+            "preprocess the images to RGB (3 channels) of a size the models take, e.g. --image-size 32",
+        )
 
 
 def read_shard(source: DataSource, entry: mf.FileEntry) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -147,9 +155,9 @@ def _images(column: pa.Array, shape: tuple[int, int, int], url: str) -> np.ndarr
     if n and (offsets[-1] - offsets[0] != n * size or np.any(np.diff(offsets) != size)):
         sizes = np.unique(np.diff(offsets))
         raise InputError(
-            f"{url} holds images of {sizes[:3].tolist()} bytes, the models take {size} "
+            f"{url} holds images of {sizes[:3].tolist()} bytes, its manifest says {size} "
             f"({'x'.join(map(str, shape))} uint8)",
-            "resize the images to 32x32 RGB when preprocessing",
+            "re-run `cifarflow preprocess`; the manifest and the shards disagree",
         )
     if n == 0:
         return np.empty((0, *shape), dtype=np.uint8)

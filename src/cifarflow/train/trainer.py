@@ -169,7 +169,7 @@ class Trainer:
         gpu = bool(tf.config.list_physical_devices("GPU"))
         self.mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and gpu)
         self.xla = cfg.xla == "on" or (cfg.xla == "auto" and gpu)
-        self.architecture = cfg.fingerprint(source.num_classes)
+        self.architecture = cfg.fingerprint(source.num_classes, source.shape[:2])
 
         keras.utils.set_random_seed(
             cfg.seed
@@ -180,6 +180,7 @@ class Trainer:
                 num_classes=source.num_classes,
                 mean=source.stats.mean,
                 std=source.stats.std,
+                shape=source.shape,
                 mixed=self.mixed,
             )
             self.optimizer = optim.optimizer(cfg, self.total_steps, mixed=self.mixed)
@@ -542,7 +543,7 @@ class Trainer:
             return
         record = {
             "config": self.cfg.public(),
-            "architecture": self.cfg.architecture(self.source.num_classes),
+            "architecture": self.cfg.architecture(self.source.num_classes, self.source.shape[:2]),
             "dataset": {
                 "id": self.source.manifest.dataset_id,
                 "url": redact(self.source.base),
@@ -571,17 +572,19 @@ class Trainer:
             num_classes=self.source.num_classes,
             mean=self.source.stats.mean,
             std=self.source.stats.std,
+            shape=self.source.shape,
         )
         serving.set_weights(weights)
         return export.export(serving, self.source.class_names, self.store, self.cfg.out)
 
     def _log_plan(self, start: int) -> None:
         log.info(
-            "%s on %s: %d classes, %d train images, global batch %d over %d replica(s), %d steps/epoch, "
+            "%s on %s: %d classes, %s images, %d train images, global batch %d over %d replica(s), %d steps/epoch, "
             "%d epochs, peak lr %.3g, mixed precision %s, XLA %s, %s",
             self.model.name,
             self.source.manifest.dataset_id,
             self.source.num_classes,
+            "x".join(map(str, self.source.shape)),
             self.source.rows("train"),
             self.cfg.batch_size,
             self.replicas,
