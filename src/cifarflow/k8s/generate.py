@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cifarflow.config import PreprocessConfig
 from cifarflow.k8s import spark_app, tfjob, trainjob
 from cifarflow.k8s.launcher import ONESHOT_PREPROCESS, ONESHOT_TRAIN
 from cifarflow.k8s.settings import K8sSettings, StorageSettings
@@ -38,11 +39,16 @@ def oneshot_settings() -> K8sSettings:
 
 def oneshot_manifests() -> dict[str, dict[str, Any]]:
     settings = oneshot_settings()
+    params = PreprocessConfig()  # the one-shot job runs `cifarflow preprocess` with its defaults
     preprocess = spark_app.build(
         settings,
         name=ONESHOT_PREPROCESS,
         arguments=spark_app.preprocess_arguments(
-            "$(CIFARFLOW_RAW)", "$(CIFARFLOW_DATASETS)", partitions=None, val_fraction=0.1, seed=0
+            "$(CIFARFLOW_RAW)",
+            "$(CIFARFLOW_DATASETS)",
+            partitions=params.partitions,
+            val_fraction=params.val_fraction,
+            seed=params.seed,
         ),
         suspend=True,
         env_from_config_map=ONESHOT_CONFIG_MAP,

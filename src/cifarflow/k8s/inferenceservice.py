@@ -16,17 +16,17 @@ Pods are hardened like every cifarflow pod (``podspec``); KServe runs in RawDepl
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from kubernetes.client import ApiClient
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from cifarflow.errors import InputError
 from cifarflow.k8s import names, podspec
 from cifarflow.k8s.client import JobKind
-from cifarflow.k8s.settings import K8sSettings
+from cifarflow.k8s.settings import SETTINGS_CONFIG, K8sSettings, from_env
 from cifarflow.k8s.tfjob import _model as typed  # the shared dict -> client model conversion
 
 INFERENCE_SERVICE = JobKind(
@@ -47,7 +47,7 @@ Runtime = Literal["cifarflow", "tensorflow"]
 class ServingSettings(BaseModel):
     """Size and identity of the predictor; every field from ``CIFARFLOW_SERVE_<FIELD>``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_CONFIG
 
     runtime: Runtime = "cifarflow"
     image: str = "cifarflow-pipeline"
@@ -64,20 +64,8 @@ class ServingSettings(BaseModel):
     scratch_size_limit: str = "1Gi"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServingSettings:
-        env = os.environ if environ is None else environ
-        data = {
-            key[len(ENV_PREFIX) :].lower(): value for key, value in env.items() if key.startswith(ENV_PREFIX)
-        }
-        try:
-            return cls.model_validate({**data, **{k: v for k, v in overrides.items() if v is not None}})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InputError(
-                f"invalid serving setting {where}: {first['msg']}",
-                f"fix {ENV_PREFIX}{where.upper()} or the matching option",
-            ) from None
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingSettings:
+        return from_env(cls, ENV_PREFIX, "serving", environ, overrides)
 
 
 def _kserve() -> Any:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,8 +27,15 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _JVM_MEMORY = re.compile(r"^[0-9]+[kmgt]?$")
 
 
+M = TypeVar("M", bound=BaseModel)
+
+# A quantity given as a number in the environment (CIFARFLOW_K8S_TRAIN__CPU=2) parses as JSON 2: a string field
+# takes it as "2".
+SETTINGS_CONFIG = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_CONFIG
 
 
 class Toleration(_Model):
@@ -180,23 +187,30 @@ class K8sSettings(_Model):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> K8sSettings:
         """Defaults, then ``CIFARFLOW_K8S_*`` variables, then keyword overrides (nested dicts merge)."""
-        env = os.environ if environ is None else environ
-        data: dict[str, Any] = {}
-        for key, raw in env.items():
-            if not key.startswith(ENV_PREFIX):
-                continue
-            path = key[len(ENV_PREFIX) :].lower().split("__")
-            _put(data, path, _parse(raw))
-        _merge(data, overrides)
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InputError(
-                f"invalid Kubernetes setting {where}: {first['msg']}",
-                f"fix {ENV_PREFIX}{where.upper().replace('.', '__')} or the matching option",
-            ) from None
+        return from_env(cls, ENV_PREFIX, "Kubernetes", environ, overrides)
+
+
+def from_env(
+    model: type[M], prefix: str, what: str, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
+) -> M:
+    """``model`` from its defaults, then the ``<prefix><FIELD>`` variables (nested fields with ``__``; values
+    parsed as JSON where they are JSON), then ``overrides`` (nested dicts merge; ``None`` leaves a value). A
+    refused value is one line naming its variable."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    for key, raw in env.items():
+        if key.startswith(prefix):
+            _put(data, key[len(prefix) :].lower().split("__"), _parse(raw))
+    _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(
+            f"invalid {what} setting {where}: {first['msg']}",
+            f"fix {prefix}{where.upper().replace('.', '__')} or the matching option",
+        ) from None
 
 
 def _parse(raw: str) -> Any:
