@@ -73,3 +73,35 @@ class PreprocessConfig(BaseModel):
     partitions: int | None = Field(
         default=None, ge=1, description="Read tasks (binary records split to this; default: one per file)."
     )
+
+
+class PromoteConfig(BaseModel):
+    """The promotion gate's thresholds (:func:`cifarflow.serve.promote.promote`): ``cifarflow promote``'s
+    options and the pipeline's promote parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0, description="Floor: never promote below it.")
+    tolerance: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Promote at the champion's accuracy minus this."
+    )
+    max_recall_drop: float = Field(
+        default=0.10, ge=0.0, le=1.0, description="Largest fall of any class's recall."
+    )
+
+
+class DeployConfig(BaseModel):
+    """What a deploy serves under which name (``cifarflow deploy``'s options, the pipeline's deploy
+    parameters)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="cifarflow", min_length=1, description="Model name in the V2 protocol's URLs.")
+    canary_percent: int = Field(
+        default=100, ge=0, le=100, description="Traffic share of the new revision (100: all, no canary)."
+    )
+
+    @property
+    def canary(self) -> int | None:
+        """KServe's ``canaryTrafficPercent``: none when the new revision takes all traffic."""
+        return None if self.canary_percent == 100 else self.canary_percent

@@ -9,11 +9,16 @@ from typing import Any
 import pytest
 import yaml
 
+from cifarflow import deployment
+from cifarflow.backends import DeployRequest, K8sOptions, get_backend
+from cifarflow.config import DeployConfig
+from cifarflow.errors import InputError
 from cifarflow.k8s import deploy as dp
 from cifarflow.k8s import inferenceservice as isvc
-from cifarflow.k8s.settings import WatchSettings
+from cifarflow.k8s.settings import K8sSettings, WatchSettings
+from cifarflow.storage import Store
 from k8s.conftest import CRDS, FAST, Api, needs_crds
-from k8s.fakeapi import load_crds
+from k8s.fakeapi import FakeCluster, load_crds
 
 from . import isvc_scenarios as sc
 
@@ -142,8 +147,6 @@ def test_rbac_allows_the_runner_exactly_get_create_patch_watch(api: Api, rendere
 
 
 def test_the_tensorflow_runtime_gets_a_versioned_copy(tmp_path: Path) -> None:
-    from cifarflow.storage import Store
-
     model = tmp_path / "model"
     (model / "saved_model" / "variables").mkdir(parents=True)
     (model / "saved_model" / "saved_model.pb").write_bytes(b"pb")
@@ -152,3 +155,93 @@ def test_the_tensorflow_runtime_gets_a_versioned_copy(tmp_path: Path) -> None:
     assert (model / "tfserving" / "1" / "saved_model.pb").read_bytes() == b"pb"
     assert (model / "tfserving" / "1" / "variables" / "variables.index").is_file()
     assert target.endswith("tfserving/1")
+
+
+# -- the backend seam: `cifarflow deploy` and the pipeline's deploy go through get_backend ---------------------
+def use_fake_cluster(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake API server as the CLI and the backends find a cluster (KUBECONFIG), with short watches."""
+    monkeypatch.setenv("KUBECONFIG", str(api.server.kubeconfig(api.tmp / "kubeconfig", FakeCluster.ADMIN)))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("CIFARFLOW_K8S_WATCH__WINDOW_S", "0.2")
+    monkeypatch.setenv("CIFARFLOW_K8S_WATCH__TIMEOUT_S", "15")
+
+
+def test_cli_deploy_goes_through_the_k8s_backend(api: Api, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_crds()
+    use_fake_cluster(api, monkeypatch)
+    api.cluster.scenario("champion", sc.ready("champion"))
+    res = cli("deploy", "--model", MODEL, "--name", "champion", "--canary-percent", "30")
+    assert res.code == 0, res.err
+    assert res.out.splitlines() == [
+        "job: InferenceService/champion (namespace cifarflow)",
+        "state: Ready",
+        "action: created",
+        "url: http://champion-cifarflow.example.com",
+    ]
+    stored = api.cluster.objects[("serving.kserve.io", "inferenceservices", "cifarflow", "champion")]
+    assert stored["spec"]["predictor"]["canaryTrafficPercent"] == 30
+    again = cli("deploy", "--model", MODEL, "--name", "champion", "--canary-percent", "30")
+    assert again.out.splitlines()[1:3] == ["state: Ready (reused)", "action: unchanged"]
+
+
+def test_the_k8s_backend_reads_serving_settings_from_the_deployment(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a pipeline pod the predictor's CIFARFLOW_SERVE_* come from the cifarflow-defaults ConfigMap, and the
+    step's parameters (namespace, watch timeout) win over the deployment's."""
+    needs_crds()
+    use_fake_cluster(api, monkeypatch)
+    defaults = tmp_path / "defaults"
+    defaults.mkdir()
+    (defaults / "CIFARFLOW_SERVE_IMAGE").write_text("registry/cifarflow-pipeline:v9")
+    (defaults / "CIFARFLOW_SERVE_CPU").write_text("2")  # a JSON number for a quantity string
+    monkeypatch.setenv(deployment.DEFAULTS_ENV, str(defaults))
+    api.cluster.scenario("cifarflow", sc.ready("cifarflow"))
+    backend = get_backend("k8s", store=Store(), k8s=K8sOptions(namespace="cifarflow", timeout_s=20))
+    result = backend.deploy(DeployRequest(MODEL, DeployConfig()))
+    assert result.outputs == {"action": "created", "url": "http://cifarflow-cifarflow.example.com"}
+    (container,) = api.cluster.objects[KEY]["spec"]["predictor"]["containers"]
+    assert container["image"] == "registry/cifarflow-pipeline:v9"
+    assert container["resources"]["requests"]["cpu"] == "2"
+    assert "canaryTrafficPercent" not in api.cluster.objects[KEY]["spec"]["predictor"]  # 100: no canary
+
+
+def test_dry_run_is_the_k8s_backends_and_bad_values_are_one_line(cli: Any) -> None:
+    res = cli("deploy", "--model", MODEL, "--backend", "local", "--dry-run")
+    assert res.code == 2 and res.error_lines == [
+        "error: --dry-run prints an InferenceService, which backend local does not make (fix: add --backend k8s)"
+    ]
+    res = cli("deploy", "--model", MODEL, "--canary-percent", "101", "--dry-run")
+    assert res.code == 2 and res.error_lines == [
+        "error: --canary-percent 101 is invalid: input should be less than or equal to 100 "
+        "(fix: pass a value within the bound above)"
+    ]
+
+
+def test_deploy_with_the_local_backend_checks_the_model_serves(cli: Any, small_model: str) -> None:
+    res = cli("deploy", "--model", small_model, "--backend", "local", "--name", "champion")
+    assert res.code == 0, res.err
+    assert res.out.splitlines() == [
+        "action: checked",
+        f"serve: cifarflow serve --model {small_model} --name champion",
+    ]
+
+
+def test_serving_and_kubernetes_settings_load_from_the_environment_the_same_way() -> None:
+    """One loader (k8s/settings.from_env): JSON values, numbers for quantity strings, one line per bad value."""
+    env = {"CIFARFLOW_SERVE_CPU": "2", "CIFARFLOW_SERVE_GPUS": "1", "CIFARFLOW_K8S_TRAIN__CPU": "2"}
+    assert isvc.ServingSettings.from_env(env, runtime=None).cpu == "2"
+    assert isvc.ServingSettings.from_env(env).gpus == 1
+    assert K8sSettings.from_env(env).train.cpu == "2"
+    with pytest.raises(InputError) as serving:
+        isvc.ServingSettings.from_env({"CIFARFLOW_SERVE_GPUS": "-1"})
+    assert str(serving.value) == (
+        "invalid serving setting gpus: Input should be greater than or equal to 0 "
+        "(fix: fix CIFARFLOW_SERVE_GPUS or the matching option)"
+    )
+    with pytest.raises(InputError) as k8s:
+        K8sSettings.from_env({"CIFARFLOW_K8S_TRAIN__WORKERS": "0"})
+    assert str(k8s.value) == (
+        "invalid Kubernetes setting train.workers: Input should be greater than or equal to 1 "
+        "(fix: fix CIFARFLOW_K8S_TRAIN__WORKERS or the matching option)"
+    )

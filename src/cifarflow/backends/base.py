@@ -1,6 +1,7 @@
 """The seam between what a step computes and where it runs: one abstract :class:`Backend`, typed requests and
 results. :mod:`cifarflow.backends.local` runs in this process, :mod:`cifarflow.backends.kubernetes` as
-Kubernetes jobs; :func:`cifarflow.backends.get_backend` chooses. (Serving and deploying will join here.)
+Kubernetes jobs; :func:`cifarflow.backends.get_backend` chooses. Deploying a model is the third job: an
+InferenceService on Kubernetes, a servability check with the command that serves it here.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from cifarflow.config import PreprocessConfig
+from cifarflow.config import DeployConfig, PreprocessConfig
 from cifarflow.storage import Store
 from cifarflow.train.config import TrainConfig
 
@@ -31,6 +32,13 @@ class TrainRequest:
     cfg: TrainConfig  # cfg.data and cfg.out say where
     run_name: str  # the run's name (cifarflow.train.runs): a job trains one run, so it names the job
     hooks: Any = None  # progress hooks for training in this process (cifarflow.train.trainer.Hooks)
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    model_url: str  # a model folder `cifarflow train` wrote (the SavedModel under saved_model/)
+    params: DeployConfig = field(default_factory=DeployConfig)
+    runtime: str | None = None  # the InferenceService's predictor runtime (None: the deployment's)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class TrainResult(Result):
     pass
 
 
+class DeployResult(Result):
+    pass
+
+
 class Backend(abc.ABC):
     """Runs cifarflow's jobs somewhere. Each method returns when the job has finished (or raises a
     :class:`cifarflow.errors.CifarflowError`)."""
@@ -86,4 +98,6 @@ class Backend(abc.ABC):
     def train(self, request: TrainRequest) -> TrainResult:
         """Train ``request.cfg`` into ``cfg.out`` (resuming its last checkpoint)."""
 
-    # serve(...) and deploy(...) join here: `cifarflow serve` runs in this process, `deploy` on the cluster.
+    @abc.abstractmethod
+    def deploy(self, request: DeployRequest) -> DeployResult:
+        """Make ``request.model_url`` served under ``request.params.name`` (an unchanged model: no change)."""

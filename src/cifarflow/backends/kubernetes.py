@@ -1,9 +1,10 @@
 """The Kubernetes backend: the launchers of :mod:`cifarflow.k8s` (a SparkApplication; a TFJob or a TrainJob, as
-``K8sSettings.trainer`` says), submitted or re-attached to, and watched to the end.
+``K8sSettings.trainer`` says; a KServe InferenceService), submitted or re-attached to, and watched to the end.
 
 Settings are resolved on one path, :func:`resolve_settings`: built-in defaults, then the deployment's
 ``CIFARFLOW_K8S_*`` (the environment, then the mounted cifarflow-defaults ConfigMap), then what the caller gives
-(:class:`K8sOptions`: the pipeline's parameters; the CLI gives none). The cluster comes from ``KUBECONFIG`` or
+(:class:`K8sOptions`: the pipeline's parameters; the CLI gives none). The predictor's ``CIFARFLOW_SERVE_*``
+settings come from the same two places (:func:`resolve_serving`). The cluster comes from ``KUBECONFIG`` or
 the pod's service account.
 
 A job is named after the work it does, so running it again (a retried step, a re-run command) re-attaches to it
@@ -22,6 +23,8 @@ from typing import Any
 from cifarflow import deployment
 from cifarflow.backends.base import (
     Backend,
+    DeployRequest,
+    DeployResult,
     Job,
     PreprocessRequest,
     PreprocessResult,
@@ -72,8 +75,6 @@ def resolve_settings(options: K8sOptions, *, job: str, environ: Mapping[str, str
     image given for one job does not change where the other takes its image from."""
     from cifarflow.k8s.settings import ENV_PREFIX, K8sSettings
 
-    env = os.environ if environ is None else environ
-    deployed = {k: v for k, v in deployment.values().items() if k.startswith(ENV_PREFIX)}
     given: dict[str, Any] = {}
     if options.timeout_s is not None:
         given["watch"] = {"timeout_s": options.timeout_s}
@@ -85,7 +86,21 @@ def resolve_settings(options: K8sOptions, *, job: str, environ: Mapping[str, str
         given.update(_spark(options.spark))
     if job == "train" and options.trainer is not None:
         given.update(_trainer(options.trainer))
-    return K8sSettings.from_env({**env, **deployed}, **given)
+    return K8sSettings.from_env(_deployed(ENV_PREFIX, environ), **given)
+
+
+def resolve_serving(runtime: str | None = None, environ: Mapping[str, str] | None = None) -> Any:
+    """The InferenceService's :class:`~cifarflow.k8s.inferenceservice.ServingSettings`: ``CIFARFLOW_SERVE_*``
+    of the environment and the deployment, then ``runtime`` where given."""
+    from cifarflow.k8s.inferenceservice import ENV_PREFIX, ServingSettings
+
+    return ServingSettings.from_env(_deployed(ENV_PREFIX, environ), runtime=runtime)
+
+
+def _deployed(prefix: str, environ: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment with the deployment's ``prefix`` settings over it (the ConfigMap is this cluster's)."""
+    env = os.environ if environ is None else environ
+    return {**env, **{k: v for k, v in deployment.values().items() if k.startswith(prefix)}}
 
 
 def _spark(spark: SparkResources) -> dict[str, Any]:
@@ -157,6 +172,24 @@ class KubernetesBackend(Backend):
         job_id = f"{request.run_name}-{cfg.out}"
         result = launch_train(settings, job_id, data=cfg.data, out=cfg.out, extra_args=container_args(cfg))
         return TrainResult(job=_job(result), outputs=dict(result.outputs))
+
+    def deploy(self, request: DeployRequest) -> DeployResult:
+        from cifarflow.k8s import deploy as dp
+
+        result = dp.deploy(
+            request.model_url,
+            name=request.params.name,
+            canary_percent=request.params.canary,
+            settings=resolve_settings(self.options, job="deploy"),
+            serving=resolve_serving(request.runtime),
+            store=self.store,
+        )
+        # Like a completed job re-attached to: an unchanged model wrote nothing.
+        job = Job(
+            dp.KIND.kind, result.name, result.namespace, "Ready", result.action == "unchanged", result.seconds
+        )
+        log.info("InferenceService %s/%s %s", job.namespace, job.name, result.action)
+        return DeployResult(job=job, outputs={"action": result.action, "url": result.url})
 
 
 def _job(result: Any) -> Job:

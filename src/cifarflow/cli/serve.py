@@ -8,22 +8,27 @@ from typing import Annotated
 
 import typer
 
-from cifarflow.cli.common import S3Endpoint, app, make_store, out
+from cifarflow.backends import DeployRequest, get_backend
+from cifarflow.cli.common import BackendChoice, S3Endpoint, app, field_option, make_store, out, print_result
 from cifarflow.cli.train import quiet_tensorflow
+from cifarflow.config import DeployConfig, PromoteConfig, defaults, parse
+from cifarflow.errors import InputError
 from cifarflow.serve.promote import Decision
 from cifarflow.storage import Store
 
 log = logging.getLogger(__name__)
 
 ModelUrl = Annotated[str, typer.Option("--model", help="Model URL written by `cifarflow train`.")]
-Name = Annotated[str, typer.Option("--name", help="Model name in the V2 protocol's URLs.")]
+Name = Annotated[str, field_option(DeployConfig, "name")]
+GATE = defaults(PromoteConfig)
+DEPLOY = defaults(DeployConfig)
 
 
 @app.command()
 def serve(
     *,
     model: ModelUrl,
-    name: Name = "cifarflow",
+    name: Name = DEPLOY["name"],
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Images a request may hold.")] = 1024,
     max_request_mb: Annotated[
@@ -63,16 +68,11 @@ def run_server(classifier: object, **options: int | str) -> None:
 def promote(
     *,
     model: ModelUrl,
-    min_accuracy: Annotated[
-        float, typer.Option("--min-accuracy", min=0.0, max=1.0, help="Floor: never promote below it.")
-    ] = 0.0,
-    tolerance: Annotated[
-        float,
-        typer.Option("--tolerance", min=0.0, max=1.0, help="Promote at the champion's accuracy minus this."),
-    ] = 0.0,
-    max_recall_drop: Annotated[
-        float, typer.Option("--max-recall-drop", min=0.0, max=1.0, help="Largest fall of any class's recall.")
-    ] = 0.10,
+    min_accuracy: Annotated[float, field_option(PromoteConfig, "min_accuracy")] = GATE["min_accuracy"],
+    tolerance: Annotated[float, field_option(PromoteConfig, "tolerance")] = GATE["tolerance"],
+    max_recall_drop: Annotated[float, field_option(PromoteConfig, "max_recall_drop")] = GATE[
+        "max_recall_drop"
+    ],
     metrics: Annotated[
         str | None, typer.Option("--metrics", help="The model's metrics.json (default: MODEL/metrics.json).")
     ] = None,
@@ -86,14 +86,16 @@ def promote(
     quiet_tensorflow()
     from cifarflow.serve.promote import promote as gate
 
+    thresholds = parse(
+        PromoteConfig,
+        {"min_accuracy": min_accuracy, "tolerance": tolerance, "max_recall_drop": max_recall_drop},
+    )
     decision = gate(
         model,
         store=make_store(s3_endpoint),
         record_url=champion,
         metrics_url=metrics,
-        min_accuracy=min_accuracy,
-        tolerance=tolerance,
-        max_recall_drop=max_recall_drop,
+        **thresholds.model_dump(),
     )
     print_decision(decision)
     if not decision.promoted:
@@ -118,47 +120,50 @@ class RuntimeChoice(StrEnum):
 def deploy(
     *,
     model: ModelUrl,
-    name: Name = "cifarflow",
-    canary_percent: Annotated[
-        int | None,
-        typer.Option("--canary-percent", min=0, max=100, help="Traffic share of the new revision (canary)."),
-    ] = None,
+    name: Name = DEPLOY["name"],
+    canary_percent: Annotated[int, field_option(DeployConfig, "canary_percent")] = DEPLOY["canary_percent"],
     runtime: Annotated[
         RuntimeChoice | None,
         typer.Option("--runtime", help="cifarflow: `cifarflow serve` (V2); tensorflow: TF Serving (V1)."),
     ] = None,
+    backend: Annotated[
+        BackendChoice,
+        typer.Option("--backend", help="k8s: a KServe InferenceService; local: check it serves, say how."),
+    ] = "k8s",
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the InferenceService; touch nothing.")
+        bool, typer.Option("--dry-run", help="Print the InferenceService; touch nothing (k8s only).")
     ] = False,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Create or update the model's KServe InferenceService, wait until it is Ready, print its URL."""
-    from cifarflow.k8s import inferenceservice as isvc
-    from cifarflow.k8s.settings import K8sSettings
-
-    settings = K8sSettings.from_env()
-    serving = isvc.ServingSettings.from_env(runtime=runtime.value if runtime else None)
+    params = parse(DeployConfig, {"name": name, "canary_percent": canary_percent})
+    request = DeployRequest(model, params, runtime.value if runtime else None)
     if dry_run:
-        import yaml
-
-        body = isvc.build(
-            settings, serving, name=isvc.service_name(name), model=model, canary_percent=canary_percent
-        )
-        typer.echo(yaml.safe_dump(body, sort_keys=False), nl=False)
+        print_inference_service(request, str(backend))
         return
-    from cifarflow.k8s.deploy import deploy as run_deploy
+    print_result(get_backend(str(backend), store=make_store(s3_endpoint)).deploy(request))
 
-    result = run_deploy(
-        model,
-        name=name,
-        canary_percent=canary_percent,
-        settings=settings,
-        serving=serving,
-        store=make_store(s3_endpoint),
+
+def print_inference_service(request: DeployRequest, backend: str) -> None:
+    """What ``deploy --backend k8s`` would apply, as YAML."""
+    import yaml
+
+    from cifarflow.backends.kubernetes import K8sOptions, resolve_serving, resolve_settings
+    from cifarflow.k8s import inferenceservice as isvc
+
+    if backend != "k8s":
+        raise InputError(
+            f"--dry-run prints an InferenceService, which backend {backend} does not make",
+            "add --backend k8s",
+        )
+    body = isvc.build(
+        resolve_settings(K8sOptions(), job="deploy"),
+        resolve_serving(request.runtime),
+        name=isvc.service_name(request.params.name),
+        model=request.model_url,
+        canary_percent=request.params.canary,
     )
-    out(f"inferenceservice: {result.name}")
-    out(f"action: {result.action}")
-    out(f"url: {result.url}")
+    typer.echo(yaml.safe_dump(body, sort_keys=False), nl=False)
 
 
 def promote_after_run(model_url: str, store: Store, *, serve: bool) -> None:

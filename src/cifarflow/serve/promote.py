@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cifarflow.config import PromoteConfig
 from cifarflow.errors import ConflictError, InputError, StorageError
 from cifarflow.storage import Store, join, normalize, redact, translate
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion.json"
 LOCK_STALE_S = 600.0
 HISTORY = 20  # earlier champions kept in the record
+GATE = PromoteConfig()  # the thresholds' defaults: the CLI's and the pipeline's
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,9 @@ def promote(
     store: Store,
     record_url: str | None = None,
     metrics_url: str | None = None,
-    min_accuracy: float = 0.0,
-    tolerance: float = 0.0,
-    max_recall_drop: float = 0.10,
+    min_accuracy: float = GATE.min_accuracy,
+    tolerance: float = GATE.tolerance,
+    max_recall_drop: float = GATE.max_recall_drop,
     evaluator: Evaluator | None = None,
 ) -> Decision:
     """Decide, and on a yes write ``champion.json`` (under the lock); plain arguments in, a Decision out."""
