@@ -15,23 +15,49 @@ from cifarflow.storage import Store  # noqa: E402
 from cifarflow.train import inputs, source  # noqa: E402
 
 
-def all_crops(image: np.ndarray) -> list[np.ndarray]:
-    """Every 32x32 crop of the 4-pixel reflection-padded image, flipped and not (81 x 2)."""
-    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
-    crops = [padded[y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+def all_crops(image: np.ndarray, pad: tuple[int, int]) -> list[np.ndarray]:
+    """Every same-size crop of the image reflection-padded by ``pad`` (rows, columns), flipped and not."""
+    (h, w), (py, px) = image.shape[:2], pad
+    padded = np.pad(image, ((py, py), (px, px), (0, 0)), mode="reflect")
+    crops = [padded[y : y + h, x : x + w] for y in range(2 * py + 1) for x in range(2 * px + 1)]
     return crops + [c[:, ::-1] for c in crops]
 
 
-def test_augment_is_a_padded_crop_and_flip_per_image() -> None:
-    images = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+@pytest.mark.parametrize(("size", "pad"), [((32, 32), (4, 4)), ((64, 64), (8, 8)), ((48, 80), (6, 10))])
+def test_augment_is_a_padded_crop_and_flip_per_image(size: tuple[int, int], pad: tuple[int, int]) -> None:
+    """The padding is an eighth of the side: CIFAR's 4 pixels at 32 px, 8 at 64 px."""
+    images = np.random.default_rng(1).integers(0, 256, (64, *size, 3), dtype=np.uint8)
     out = inputs.augment(tf.constant(images), tf.constant([7, 11], tf.int64)).numpy()
     assert out.shape == images.shape and out.dtype == np.uint8
+    assert (inputs.pad_for(size[0]), inputs.pad_for(size[1])) == pad
     used = set()
     for image, augmented in zip(images, out, strict=True):
-        matches = [i for i, crop in enumerate(all_crops(image)) if np.array_equal(crop, augmented)]
+        matches = [i for i, crop in enumerate(all_crops(image, pad)) if np.array_equal(crop, augmented)]
         assert matches, "an augmented image is not a crop of its padded original"
         used.add(matches[0])
     assert len(used) > 20  # per-image randomness, not one crop for the whole batch
+
+
+def test_large_images_get_a_random_resized_crop_and_flip() -> None:
+    """From 96 px: each output pixel is sampled from a crop of 25-100% of the image, resized to full size."""
+    side = inputs.RESIZED_CROP_MIN
+    y, x = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    coords = np.stack([y, x, np.zeros_like(y)], axis=-1).astype(np.uint8)  # each pixel names its place
+    images = np.repeat(coords[None], 32, axis=0)
+    out = inputs.augment(tf.constant(images), tf.constant([3, 5], tf.int64)).numpy().astype(int)
+    assert out.shape == images.shape
+    areas, flips = [], 0
+    for image in out:
+        rows, cols = image[:, :, 0], image[:, :, 1]
+        assert (rows == rows[:, :1]).all() and (cols == cols[:1, :]).all()  # a resampled rectangle
+        assert (np.diff(rows[:, 0]) >= 0).all()
+        step = np.diff(cols[0])
+        assert (step >= 0).all() or (step <= 0).all()  # left to right, or mirrored
+        flips += int((step < 0).any())
+        area = (np.ptp(rows) + 1) * (np.ptp(cols) + 1) / side**2
+        assert 0.2 <= area <= 1.0
+        areas.append(area)
+    assert 0 < flips < len(out) and np.std(areas) > 0.05  # per-image randomness
 
 
 def test_augment_is_reproducible_from_its_seed() -> None:
