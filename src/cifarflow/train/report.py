@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page (figures embedded as PNG) a user can open from any bucket browser.
 
-Training curves, the confusion matrix, per-class precision/recall, a grid of test images with their true and
-predicted labels, and the dataset's statistics.
+Training curves, the confusion matrix (every class named up to 100 classes; beyond, ticks only), the pairs of
+classes most often confused, per-class precision/recall, a grid of test images at their own size (scaled for
+display) with their true and predicted class names from the manifest, and the dataset's statistics.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def render(
             "Training curves", _img(_curves(history, test["accuracy"])) if history else "<p>No history.</p>"
         ),
         _section("Confusion matrix (test)", _img(_confusion(np.array(test["confusion_matrix"]), names))),
+        _section("Most confused classes (test)", _confused_pairs(np.array(test["confusion_matrix"]), names)),
         _section("Per-class precision and recall (test)", _per_class_table(test["per_class"])),
         _section(
-            "Test images: true / predicted (red: wrong)",
+            f"Test images ({sample.shape[1]}x{sample.shape[2]} px): true / predicted (red: wrong)",
             _img(_grid(sample, sample_labels, sample_pred, names)),
         ),
         _section("Dataset", _dataset(source)),
@@ -110,18 +112,31 @@ def _curves(history: list[dict[str, float]], test_accuracy: float) -> bytes:
     return _png(fig)
 
 
+# Up to this many classes every row and column of the confusion matrix is named; counts are written inside
+# the cells up to CELL_TEXT_MAX. The figure grows with the classes up to CONFUSION_MAX_INCHES a side.
+NAMED_MAX = 100
+CELL_TEXT_MAX = 20
+CONFUSION_MAX_INCHES = 18
+NAME_CHARS = 18  # class names longer than this are cut (with an ellipsis) in figures
+CONFUSED_PAIRS = 10
+
+
 def _confusion(cm: np.ndarray, names: list[str]) -> bytes:
     import matplotlib.pyplot as plt
 
     k = len(names)
-    size = min(max(4.5, 0.5 * k), 16)
+    size = min(max(4.5, 0.5 * k if k <= CELL_TEXT_MAX else 0.17 * k), CONFUSION_MAX_INCHES)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
-    if k <= 20:
-        ax.set_xticks(range(k), names, rotation=45, ha="right")
-        ax.set_yticks(range(k), names)
+    if k <= NAMED_MAX:
+        # Font shrinks with the classes so that 100 names still fit one per row (about 6 pt at 100).
+        font = 8 if k <= CELL_TEXT_MAX else max(4.5, min(8.0, 600 / k))
+        short = [_short(n) for n in names]
+        ax.set_xticks(range(k), short, rotation=45 if k <= CELL_TEXT_MAX else 90, ha="right", fontsize=font)
+        ax.set_yticks(range(k), short, fontsize=font)
+    if k <= CELL_TEXT_MAX:
         for i in range(k):
             for j in range(k):
                 color = "white" if rates[i, j] > 0.5 else "black"
@@ -130,20 +145,54 @@ def _confusion(cm: np.ndarray, names: list[str]) -> bytes:
     return _png(fig)
 
 
+def _confused_pairs(cm: np.ndarray, names: list[str]) -> str:
+    """The off-diagonal cells with the most images: readable however many classes there are."""
+    off = cm.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:CONFUSED_PAIRS]
+    pairs = [(int(i), int(j)) for i, j in zip(*np.unravel_index(order, off.shape), strict=True) if off[i, j]]
+    if not pairs:
+        return "<p>No test image was confused with another class.</p>"
+    support = cm.sum(axis=1)
+    head = "<tr><th>true</th><th>predicted</th><th>images</th><th>share of the true class</th></tr>"
+    rows = "".join(
+        f"<tr><td>{html.escape(names[i])}</td><td>{html.escape(names[j])}</td><td>{off[i, j]}</td>"
+        f"<td>{off[i, j] / max(int(support[i]), 1):.1%}</td></tr>"
+        for i, j in pairs
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "\u2026"
+
+
+# Grid cells are this many inches a side for CIFAR's 32 px, growing with the square root of the side (a 224 px
+# image gets about 2.6x the room of a 32 px one): large images show their detail without a giant page.
+CELL_INCHES = 1.6
+CELL_MAX_INCHES = 4.5
+GRID_INCHES = 17  # the widest grid (the page scales it down to its width); 8 columns of CIFAR images
+
+
 def _grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, names: list[str]) -> bytes:
     import matplotlib.pyplot as plt
 
-    cols = 8
+    side = max(images.shape[1:3]) if images.ndim == 4 else 32
+    cell = min(CELL_INCHES * (side / 32) ** 0.5, CELL_MAX_INCHES)
+    cols = max(3, min(8, int(GRID_INCHES // cell)))
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.3)))
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if i >= len(images):
             continue
-        ax.imshow(images[i], interpolation="nearest")
+        # Pixel-exact for small images (no blur); large ones are downscaled for display, so smooth them.
+        ax.imshow(images[i], interpolation="nearest" if side <= 64 else "antialiased")
         right = labels[i] == predicted[i]
         ax.set_title(
-            f"{names[labels[i]]}\n{names[predicted[i]]}", fontsize=7, color="black" if right else "red"
+            f"{_short(names[labels[i]])}\n{_short(names[predicted[i]])}",
+            fontsize=7,
+            color="black" if right else "red",
         )
     return _png(fig)
 
