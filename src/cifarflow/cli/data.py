@@ -67,9 +67,14 @@ def synth(
 @app.command()
 def ingest(
     *,
-    dest: Annotated[str, typer.Option("--dest", help="Bucket URL; raw member files land under DEST/raw/.")],
+    dest: Annotated[str, typer.Option("--dest", help="Bucket URL; raw files land under DEST/raw/.")],
     source: Annotated[
-        str, typer.Option("--source", help="cifar10, cifar100, an http(s) URL, a bucket URL or path.")
+        str,
+        typer.Option(
+            "--source",
+            help="cifar10, cifar100, or a CIFAR .tar.gz, an image .tar/.tar.gz/.zip or a folder of class "
+            "folders: a path, an http(s) URL (archives) or a bucket URL/prefix.",
+        ),
     ] = "cifar10",
     md5: Annotated[
         str | None, typer.Option("--md5", help="Expected md5 of the archive (known for cifar10/cifar100).")
@@ -77,12 +82,14 @@ def ingest(
     max_bytes: Annotated[
         int,
         typer.Option(
-            "--max-bytes", min=1, help="Most bytes the archive may expand to (bounds decompression bombs)."
+            "--max-bytes",
+            min=1,
+            help="Most bytes the archive may expand to, or the images may hold (bounds decompression bombs).",
         ),
     ] = 4 << 30,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Stream a CIFAR archive into the bucket as raw member files (idempotent, atomic, resumable)."""
+    """Land a CIFAR archive or a class-per-folder image dataset in the bucket (idempotent, resumable)."""
     from cifarflow.data import ingest as ingest_mod
 
     result = ingest_mod.ingest(source, dest, store=make_store(s3_endpoint), md5=md5, max_bytes=max_bytes)

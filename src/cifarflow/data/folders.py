@@ -73,13 +73,19 @@ class UnsafePath(InputError):
     """A listed path that would leave the dataset's root."""
 
 
+class NoImages(InputError):
+    """A listing without a single image file (the caller may know a better fix, e.g. a folder given as an archive)."""
+
+
 class Listed(NamedTuple):
     """One listed path, relative to the listing's root. A folder ends with ``/``; ``link`` marks a link or other
-    non-regular file (never read); ``size`` is in bytes when the listing knows it."""
+    non-regular file (never read); ``size`` is in bytes when the listing knows it; ``version`` is what changes
+    when the file does (a modification time or ETag), when the listing knows it."""
 
     path: str
     size: int | None = None
     link: bool = False
+    version: str | None = None
 
 
 class Entry(NamedTuple):
@@ -272,7 +278,7 @@ class Survey:
 
     def layout(self) -> Layout:
         if not self._images:
-            raise InputError(
+            raise NoImages(
                 f"no image files ({' '.join(IMAGE_EXTENSIONS)}) among {self._files} listed files",
                 "point the source at a folder or archive of class folders holding images",
             )
@@ -405,7 +411,8 @@ def scan(listing: Callable[[], Listing]) -> tuple[Layout, Iterator[Entry]]:
 
 def store_listing(store: Store, url: str) -> Iterator[Listed]:
     """Every file and folder below ``url`` (a local folder or a bucket prefix) as :class:`Listed` paths relative
-    to it. Symbolic links are flagged and not followed."""
+    to it, each folder's entries in sorted order (the same order on every pass and every store). Symbolic links
+    are flagged and not followed."""
     with translate(url):
         fs, base = store.fs(url)
         base = base.rstrip("/")
@@ -414,14 +421,24 @@ def store_listing(store: Store, url: str) -> Iterator[Listed]:
         for folder, dirs, files in fs.walk(base, detail=True, topdown=True):
             rel_folder = posixpath.relpath(folder, base) if folder.rstrip("/") != base else ""
             prefix = rel_folder + "/" if rel_folder and rel_folder != "." else ""
-            for name, info in list(dirs.items()):
+            subfolders = sorted(dirs.items())
+            dirs.clear()  # fsspec's walk descends into what `dirs` holds after the yield, in its order
+            for name, info in subfolders:
                 if info.get("islink"):
-                    del dirs[name]  # fsspec's walk honours pruning in top-down order
-                    yield Listed(prefix + name, None, link=True)
+                    yield Listed(prefix + name, None, link=True)  # pruned: not descended into
                 else:
+                    dirs[name] = info
                     yield Listed(prefix + name + "/")
-            for name, info in files.items():
-                yield Listed(prefix + name, info.get("size"), link=bool(info.get("islink")))
+            for name, info in sorted(files.items()):
+                yield Listed(prefix + name, info.get("size"), bool(info.get("islink")), _version(info))
+
+
+def _version(info: dict[str, object]) -> str | None:
+    """What changes when a listed file does: the ETag of an object, else the modification time."""
+    for key in ("ETag", "etag", "generation", "mtime", "LastModified", "updated"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return None
 
 
 def is_regular(member: tarfile.TarInfo | zipfile.ZipInfo) -> bool:

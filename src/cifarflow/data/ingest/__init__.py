@@ -1,4 +1,7 @@
-"""Ingest: stream a CIFAR archive into a bucket as raw member files, checked, committed by a marker.
+"""Ingest: stream a CIFAR archive, or a class-per-folder image dataset, into a bucket; checked, committed.
+
+Image folders (a folder, a bucket prefix, or a ``.tar``/``.tar.gz``/``.zip`` that is not a CIFAR archive) are
+:mod:`.folder`'s; read their marker with :func:`read_raw`. What follows is the CIFAR path.
 
 Layout under ``DEST/raw/``::
 
@@ -17,7 +20,8 @@ labels out of range fail here, in seconds, rather than inside a Spark job. Reade
 
 The modules: :mod:`.marker` (the commit marker and its reader), :mod:`.source` (resolving, downloading and
 hashing the archive), :mod:`.decompress` (bounded, checked decompression), :mod:`.stream` (the walk over the
-tar stream and each member's validation), :mod:`.land` (one run's writes and local spools); the step is here.
+tar stream and each member's validation), :mod:`.land` (one run's writes and local spools), :mod:`.folder` (image
+folders); the step is here.
 """
 
 from __future__ import annotations
@@ -31,16 +35,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cifarflow.data import cifar
+from cifarflow.data.ingest import folder as images
 from cifarflow.data.ingest.decompress import DEFAULT_MAX_BYTES, UNREADABLE, bad_archive
 from cifarflow.data.ingest.land import Landing, remove_stale_spools, spool_folder
 from cifarflow.data.ingest.marker import (
     MARKER,
     ArchiveInfo,
+    ImageIndex,
+    ImageRecord,
+    IndexShard,
     LandedMember,
     MemberRole,
     RawIndex,
     committed,
     load_raw,
+    read_raw,
 )
 from cifarflow.data.ingest.source import (
     ArchiveSource,
@@ -61,24 +70,31 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MARKER",
     "ArchiveInfo",
+    "ImageIndex",
+    "ImageRecord",
+    "IndexShard",
     "IngestResult",
     "LandedMember",
     "MemberRole",
     "RawIndex",
     "ingest",
     "load_raw",
+    "read_raw",
 ]
 
 log = logging.getLogger(__name__)
 
 
+Index = RawIndex | ImageIndex
+
+
 @dataclass
 class IngestResult:
     raw_url: str
-    archive_md5: str
-    layout: str
+    archive_md5: str  # an image folder's listing fingerprint when the source is a folder
+    layout: str  # a CIFAR layout, or images-split / images-flat
     reused: bool
-    members: int = 0
+    members: int = 0  # members (CIFAR) or images
     bytes: int = 0
     written: int = 0  # members written by this run (0 when reused or everything was already landed)
 
@@ -86,7 +102,8 @@ class IngestResult:
 def ingest(
     source: str, dest: str, *, store: Store, md5: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> IngestResult:
-    """Stream ``source`` (cifar10, cifar100, an http(s) URL, a bucket URL or a path) into ``DEST/raw/``."""
+    """Stream ``source`` (cifar10, cifar100, an http(s) URL, a bucket URL or a path; an archive, a folder or a
+    prefix) into ``DEST/raw/``."""
     if max_bytes < 1:
         raise InputError(f"--max-bytes {max_bytes} is not a size", "pass a positive number of bytes")
     src = resolve_source(source, md5)
@@ -95,6 +112,8 @@ def ingest(
     store.check_folder(dest, "--dest")
     store.check_reachable(dest)
     previous = committed(store, raw_url)
+    if src.kind == "store" and store.is_dir(src.url):
+        return _ingest_folder(src, raw_url, store, previous, max_bytes)
     if previous is not None and not _intact(store, raw_url, previous):
         previous = None  # nothing to reuse: land again (the members still there are skipped)
 
@@ -104,37 +123,55 @@ def ingest(
         if expected is None:
             known, version = identify(src, store)
             src = dataclasses.replace(src, version=version)
-            if previous is not None and (
-                known == previous.archive.md5
-                or (version and (previous.archive.source, previous.archive.version) == (src.shown, version))
+            held = _archive_of(previous)
+            if (
+                previous is not None
+                and held is not None
+                and (known == held.md5 or (version and (held.source, held.version) == (src.shown, version)))
             ):
                 return _reused(raw_url, previous)
             # The folder is named by the md5, so it must be known before anything lands: hash a local file in
             # place; spool anything remote to local disk once (one download, not two).
             src, expected = _prepare_unknown(src, store, tmpdir)
-        if previous is not None and previous.archive.md5 == expected:
+        if previous is not None and _identity(previous) == expected:
             return _reused(raw_url, previous)
         if previous is not None:
-            log.info(
-                "%s held archive %s; replacing it with %s", redact(raw_url), previous.archive.md5, expected
-            )
+            log.info("%s held %s; replacing it with %s", redact(raw_url), _identity(previous), expected)
+        if src.dataset is None and images.sniff(src, store, max_bytes) == "images":
+            return _land_image_archive(src, expected, raw_url, store, tmpdir, max_bytes=max_bytes)
         return _land(src, expected, raw_url, store, tmpdir, max_bytes=max_bytes)
 
 
-def _reused(raw_url: str, index: RawIndex) -> IngestResult:
-    log.info(
-        "%s already holds archive %s (%s): nothing to do", redact(raw_url), index.archive.md5, index.layout
-    )
-    return _result(raw_url, index, reused=True)
+def _archive_of(index: Index | None) -> ArchiveInfo | None:
+    return index.archive if index is not None else None
 
 
-def _result(raw_url: str, index: RawIndex, *, reused: bool, written: int = 0) -> IngestResult:
+def _identity(index: Index) -> str:
+    """What names the landed folder: the archive's md5, or an image folder's listing fingerprint."""
+    if index.archive is not None:
+        return index.archive.md5
+    assert isinstance(index, ImageIndex) and index.fingerprint is not None
+    return index.fingerprint
+
+
+def _reused(raw_url: str, index: Index) -> IngestResult:
+    result = _result(raw_url, index, reused=True)
+    log.info("%s already holds %s (%s): nothing to do", redact(raw_url), result.archive_md5, result.layout)
+    return result
+
+
+def _result(raw_url: str, index: Index, *, reused: bool, written: int = 0) -> IngestResult:
+    if isinstance(index, ImageIndex):
+        layout = f"images-{index.layout}"
+        return IngestResult(raw_url, _identity(index), layout, reused, index.images, index.bytes, written)
     total = sum(m.bytes for m in index.members)
     return IngestResult(raw_url, index.archive.md5, index.layout, reused, len(index.members), total, written)
 
 
-def _intact(store: Store, raw_url: str, index: RawIndex) -> bool:
+def _intact(store: Store, raw_url: str, index: Index) -> bool:
     """Whether every committed member is still there with its recorded size (one deleted by hand is re-landed)."""
+    if isinstance(index, ImageIndex):
+        return images.intact(store, raw_url, index)
     for member in index.members:
         url = index.url(raw_url, member)
         try:
@@ -226,12 +263,12 @@ def _land(
     return _committed(raw_url, index, landing.landed, time.perf_counter() - started)
 
 
-def _committed(raw_url: str, index: RawIndex, written: int, seconds: float) -> IngestResult:
+def _committed(raw_url: str, index: Index, written: int, seconds: float) -> IngestResult:
     result = _result(raw_url, index, reused=False, written=written)
     log.info(
         "committed %s: %s, %d members, %.1f MB in %.1f s (%d written, %d already there)",
         redact(join(raw_url, MARKER)),
-        index.layout,
+        result.layout,
         result.members,
         result.bytes / 1e6,
         seconds,
@@ -239,3 +276,98 @@ def _committed(raw_url: str, index: RawIndex, written: int, seconds: float) -> I
         result.members - written,
     )
     return result
+
+
+# -- image folders -------------------------------------------------------------------------------------------
+
+
+def _ingest_folder(
+    src: ArchiveSource, raw_url: str, store: Store, previous: Index | None, max_bytes: int
+) -> IngestResult:
+    """A local folder or a bucket prefix of class folders."""
+    source = images.StoreFolder(store, src.url, src.shown)
+    layout, fingerprint = images.survey(source, folder_source=True)
+    _refuse_nested(src.url, raw_url)
+    if (
+        isinstance(previous, ImageIndex)
+        and previous.fingerprint == fingerprint
+        and images.intact(store, raw_url, previous)
+    ):
+        return _reused(raw_url, previous)
+    return _land_images(
+        source, layout, raw_url, store, max_bytes, folder=fingerprint[:16], fingerprint=fingerprint
+    )
+
+
+def _refuse_nested(source_url: str, raw_url: str) -> None:
+    """A destination inside the source folder would be listed as part of the dataset on the next run."""
+    src, dest = (
+        os.path.realpath(u[len("file://") :]) if u.startswith("file://") else u for u in (source_url, raw_url)
+    )
+    if dest == src or dest.startswith(src.rstrip("/") + "/"):
+        raise InputError(
+            f"--dest {redact(raw_url)} lies inside --source {redact(source_url)}",
+            "choose a --dest outside the source folder",
+        )
+
+
+def _land_image_archive(
+    src: ArchiveSource, expected: str, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
+) -> IngestResult:
+    """A tar or zip of class folders: hashed (or downloaded) once, listed, then landed."""
+    if src.kind == "store" and src.url.startswith("file://"):
+        path = src.url[len("file://") :]
+        with open_archive(src, store) as (stream, size), _bytes_progress("hash", size) as tick:
+            reader = HashingReader(stream, tick)
+            reader.drain()
+    else:
+        path = os.path.join(tmpdir, "archive")
+        with open_archive(src, store) as (stream, size), _bytes_progress("download", size) as tick:
+            reader = HashingReader(stream, tick)
+            with open(path, "wb") as out:
+                buf = bytearray(1 << 20)
+                while n := reader.readinto(buf):
+                    out.write(memoryview(buf)[:n])
+    got = reader.md5.hexdigest()
+    if got != expected:
+        raise InputError(
+            f"md5 mismatch for {src.shown}: expected {expected}, got {got} (corrupt, or another archive)",
+            "fetch the archive again, or pass the right --md5",
+        )
+    info = ArchiveInfo(
+        md5=got, sha256=reader.sha256.hexdigest(), bytes=reader.bytes, source=src.shown, version=src.version
+    )
+    source = images.open_image_archive(path, src, max_bytes)
+    try:
+        layout, _ = images.survey(source, folder_source=False)
+        return _land_images(source, layout, raw_url, store, max_bytes, folder=got[:16], archive=info)
+    finally:
+        source.close()
+
+
+def _land_images(
+    source: images.ImageSource,
+    layout: images.Layout,
+    raw_url: str,
+    store: Store,
+    max_bytes: int,
+    *,
+    folder: str,
+    archive: ArchiveInfo | None = None,
+    fingerprint: str | None = None,
+) -> IngestResult:
+    started = time.perf_counter()
+    landing = images.ImageLanding(store, join(raw_url, folder))
+    landing.load()
+    log.info("ingesting %s into %s", source.shown, redact(raw_url))
+    try:
+        landed = images.land(source, layout, landing, max_bytes)
+    except InputError:
+        landing.undo()  # bad input leaves nothing; crashes and storage failures keep their work
+        raise
+    index = images.build_index(
+        layout, landed, source=source.shown, folder=folder, archive=archive, fingerprint=fingerprint
+    )
+    store.write_text(join(raw_url, MARKER), index.to_json())
+    landing.remove_stale_tmp()
+    return _committed(raw_url, index, landing.landed, time.perf_counter() - started)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from typing import Literal
+from collections.abc import Iterator
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from cifarflow import __version__
 from cifarflow.data import cifar, manifest
@@ -46,15 +48,27 @@ class LandedMember(_Model):
     rows: int = 0  # images (0 for meta)
 
 
-class RawIndex(_Model):
-    """``DEST/raw/_ingest.json``: what preprocess reads."""
+class _Marker(_Model):
+    """What both kinds of ``_ingest.json`` hold."""
+
+    folder: str  # relative to DEST/raw
+    code_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+class RawIndex(_Marker):
+    """``DEST/raw/_ingest.json`` of a CIFAR archive: what preprocess reads."""
 
     format: Literal["cifarflow.raw/v1"] = "cifarflow.raw/v1"
     layout: str
     archive: ArchiveInfo
-    folder: str  # relative to DEST/raw
     members: list[LandedMember]
-    code_version: str = __version__
+
+    @property
+    def kind(self) -> Literal["cifar"]:
+        return "cifar"
 
     @property
     def layout_info(self) -> cifar.Layout:
@@ -63,12 +77,116 @@ class RawIndex(_Model):
     def url(self, raw_url: str, member: LandedMember) -> str:
         return join(raw_url, self.folder, member.path)
 
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+class ImageRecord(_Model):
+    """One landed image: a line of an index shard (``DEST/raw/<folder>/_index/part-NNNNN.jsonl``)."""
+
+    path: str  # under DEST/raw/<folder>/, relative to the dataset root: train/cat/x.jpg
+    label: int  # index into ImageIndex.classes
+    split: Literal["train", "test"]
+    bytes: int
+    sha256: str
+
+
+class IndexShard(_Model):
+    """One index shard: the records of one batch of images, in listing order (also its completion record)."""
+
+    path: str  # under DEST/raw/<folder>/
+    images: int
+    bytes: int  # of the images it lists
+    sha256: str  # of the shard file itself
+
+
+class ImageIndex(_Marker):
+    """``DEST/raw/_ingest.json`` for a class-per-folder image dataset (``kind == "images"``).
+
+    The images land byte for byte under ``DEST/raw/<folder>/<path>``; their records sit in JSON-lines shards
+    (:meth:`batches` reads them one shard at a time), so the marker stays small for a million images.
+    """
+
+    format: Literal["cifarflow.raw-images/v1"] = "cifarflow.raw-images/v1"
+    layout: Literal["split", "flat"]  # flat: no test split (the caller carves one by content hash)
+    root: str  # the dataset root inside the source ("" or e.g. "imagenette2-160")
+    test_folder: str | None  # "test", "val" or None (flat, or a split layout with train/ only)
+    classes: list[str]  # sorted class folder names; a record's label indexes this list
+    train_counts: list[int]  # images per class
+    test_counts: list[int]
+    images: int
+    bytes: int
+    skipped: dict[str, int]  # listed files not landed, by reason (folders.Skip: not_image, hidden, link, ...)
+    source: str  # as given (credentials removed)
+    archive: ArchiveInfo | None = None  # when the source is an archive
+    fingerprint: str | None = None  # when the source is a folder: its listing's paths, sizes and versions
+    checksum: str  # over the records (path, label, split, sha256), in any order: the dataset's identity
+    shards: list[IndexShard]
+
+    @property
+    def kind(self) -> Literal["images"]:
+        return "images"
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_folder is not None
+
+    def url(self, raw_url: str, record: ImageRecord) -> str:
+        return join(raw_url, self.folder, record.path)
+
+    def shard_url(self, raw_url: str, shard: IndexShard) -> str:
+        return join(raw_url, self.folder, shard.path)
+
+    def batches(self, store: Store, raw_url: str) -> Iterator[list[ImageRecord]]:
+        """The records, one shard (at most a few thousand) at a time, each shard checked against its sha256."""
+        for shard in self.shards:
+            url = self.shard_url(raw_url, shard)
+            data = store.read_bytes(url)
+            if hashlib.sha256(data).hexdigest() != shard.sha256:
+                raise InputError(
+                    f"{redact(url)} has changed since ingest committed it",
+                    "re-run the same `cifarflow ingest`",
+                )
+            yield parse_shard(data)
+
+
+class _Any(RootModel[Annotated[RawIndex | ImageIndex, Field(discriminator="format")]]):
+    """Either marker, told apart by its ``format``."""
+
+
+def shard_bytes(records: list[ImageRecord]) -> bytes:
+    return b"".join(r.model_dump_json().encode() + b"\n" for r in records)
+
+
+def parse_shard(data: bytes) -> list[ImageRecord]:
+    return [ImageRecord.model_validate_json(line) for line in data.splitlines() if line]
+
+
+def read_raw(store: Store, raw_url: str) -> RawIndex | ImageIndex:
+    """Read ``RAW/_ingest.json``, whichever kind it is (``.kind``: ``"cifar"`` or ``"images"``); a raw folder
+    without it was never committed and is refused."""
+    raw_url, marker = _marker_url(store, raw_url)
+    index = manifest.read_model(
+        store,
+        marker,
+        _Any,
+        what="cifarflow ingest marker",
+        fix="pass the DEST/raw folder written by `cifarflow ingest`",
+    ).root
+    if isinstance(index, RawIndex) and index.layout not in cifar.LAYOUTS:
+        raise InputError(f"{redact(marker)}: unknown layout {index.layout!r}", "re-run `cifarflow ingest`")
+    return index
 
 
 def load_raw(store: Store, raw_url: str) -> RawIndex:
-    """Read ``RAW/_ingest.json``; a raw folder without it was never committed and is refused."""
+    """Read the marker of an ingested CIFAR archive (:func:`read_raw` reads either kind)."""
+    index = read_raw(store, raw_url)
+    if not isinstance(index, RawIndex):
+        raise InputError(
+            f"{redact(raw_url)} holds an image folder ({len(index.classes)} classes), not a CIFAR archive",
+            "read it with cifarflow.data.ingest.read_raw",
+        )
+    return index
+
+
+def _marker_url(store: Store, raw_url: str) -> tuple[str, str]:
     raw_url = raw_url.rstrip("/")
     if raw_url.endswith("/" + MARKER):
         raw_url = raw_url[: -len(MARKER) - 1]
@@ -83,25 +201,16 @@ def load_raw(store: Store, raw_url: str) -> RawIndex:
             f"no ingested archive at {redact(raw_url)} (no {MARKER})",
             "run `cifarflow ingest --source ... --dest DEST` first and pass --raw DEST/raw",
         )
-    index = manifest.read_model(
-        store,
-        marker,
-        RawIndex,
-        what="cifarflow ingest marker",
-        fix="pass the DEST/raw folder written by `cifarflow ingest`",
-    )
-    if index.layout not in cifar.LAYOUTS:
-        raise InputError(f"{redact(marker)}: unknown layout {index.layout!r}", "re-run `cifarflow ingest`")
-    return index
+    return raw_url, marker
 
 
-def committed(store: Store, raw_url: str) -> RawIndex | None:
+def committed(store: Store, raw_url: str) -> RawIndex | ImageIndex | None:
     """The marker a previous run committed, or ``None`` (none, or unreadable: it will be replaced)."""
     marker = join(raw_url, MARKER)
     if not store.exists(marker):
         return None
     try:
-        return RawIndex.model_validate_json(store.read_bytes(marker))
+        return _Any.model_validate_json(store.read_bytes(marker)).root
     except ValidationError:
         log.warning("%s is unreadable; it will be replaced", redact(marker))
         return None

@@ -40,7 +40,7 @@ def member_role(layout: cifar.Layout, rel: str) -> MemberRole | None:
     return None
 
 
-def _layout_of_root(root: str) -> cifar.Layout | None:
+def layout_of_root(root: str) -> cifar.Layout | None:
     return next((lay for lay in cifar.LAYOUTS.values() if lay.root == root), None)
 
 
@@ -110,7 +110,7 @@ def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: s
     return member
 
 
-def _archive_path(name: str) -> str:
+def archive_path(name: str) -> str:
     """A member's path with ``./`` and ``a/../`` folded, so an alias cannot land a member twice."""
     return posixpath.normpath(name) if name else name
 
@@ -178,8 +178,8 @@ def stream_members(
     # Unbuffered: tarfile reads in 10 KiB records, so the count stays within a record of what it consumed.
     with tarfile.open(fileobj=expanded, mode="r|") as tar:
         for info in tar:
-            root, _, rel = _archive_path(info.name).partition("/")
-            found = _layout_of_root(root)
+            root, _, rel = archive_path(info.name).partition("/")
+            found = layout_of_root(root)
             if found is None:
                 if info.isfile():
                     log.warning("skipping %s: not part of a CIFAR layout", shown(info.name))
