@@ -18,10 +18,21 @@ log = logging.getLogger(__name__)
 class ArchiveFormat(StrEnum):
     python = "python"
     binary = "binary"
+    folder = "folder"
+
+
+class FolderArchive(StrEnum):
+    tar_gz = "tar.gz"
+    zip = "zip"
 
 
 SynthOut = Annotated[
-    str, typer.Option("--out", help="Tarball path/URL, or a folder to put the official file name in.")
+    str,
+    typer.Option(
+        "--out",
+        help="CIFAR: tarball path/URL, or a folder to put the official file name in. Folder: a new folder, "
+        "or with --archive a new .tar.gz/.zip.",
+    ),
 ]
 PREPROCESS = defaults(PreprocessConfig)  # the options' defaults: one declaration (cifarflow.config)
 
@@ -30,6 +41,8 @@ def preprocess_option(name: str) -> Any:
     """An option whose flag and help are :class:`PreprocessConfig`'s field's."""
     return field_option(PreprocessConfig, name)
 
+
+FOLDER_IMAGE_SIZE = 64  # synth --format folder's default image side
 
 MASTER_HELP = "Spark master: local[*], spark://host:7077, k8s://... (default: spark-submit's, else local[*])."
 
@@ -41,15 +54,46 @@ def synth(
     train: Annotated[int, typer.Option("--train", min=1, help="Train images.")] = 50_000,
     test: Annotated[int, typer.Option("--test", min=1, help="Test images.")] = 10_000,
     fmt: Annotated[
-        ArchiveFormat, typer.Option("--format", help="CIFAR's python pickles or binary records.")
+        ArchiveFormat,
+        typer.Option(
+            "--format", help="CIFAR's python pickles or binary records, or a class-per-folder image folder."
+        ),
     ] = ArchiveFormat.python,
-    classes: Annotated[int, typer.Option("--classes", help="10 (CIFAR-10 layout) or 100 (CIFAR-100).")] = 10,
+    classes: Annotated[
+        int, typer.Option("--classes", help="CIFAR: 10 or 100. Folder: any number >= 2.")
+    ] = 10,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Folder: image side in pixels (default 64).")
+    ] = None,
+    archive: Annotated[
+        FolderArchive | None,
+        typer.Option("--archive", help="Folder: write a .tar.gz or .zip with one top-level folder."),
+    ] = None,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Write a learnable synthetic dataset in CIFAR's exact on-disk layout (tests, benchmarks, scale)."""
+    """Write a learnable synthetic dataset: CIFAR's exact on-disk layout, or a class-per-folder image folder
+    (PNG/JPEG mixed) for the image-folder path (tests, benchmarks, scale)."""
+    if fmt == ArchiveFormat.folder:
+        from cifarflow.data.synth_folders import write_image_folder
+
+        url = write_image_folder(
+            out_path,
+            classes=classes,
+            train=train,
+            test=test,
+            size=FOLDER_IMAGE_SIZE if image_size is None else image_size,
+            seed=seed,
+            store=make_store(s3_endpoint),
+            archive=None if archive is None else archive.value,
+        )
+        out(url)
+        return
     from cifarflow.data import synth as synth_mod
 
+    for given, flag in ((image_size, "--image-size"), (archive, "--archive")):
+        if given is not None:
+            raise InputError(f"{flag} is for --format folder", f"drop {flag}, or pass --format folder")
     if classes not in (10, 100):
         raise InputError(f"--classes {classes} is not a CIFAR variant", "use --classes 10 or --classes 100")
     url = synth_mod.write_archive(
