@@ -108,6 +108,7 @@ def evaluate(data: str, model: str, out: str, *, store: Store) -> EvalResult:
     training = _training_record(store, model)
     with export.downloaded(store, model) as local:
         fn = export.load_signature(local)
+        check_image_size(export.input_size(fn), source, model)
         check_classes(fn, training, source, model)
         started = time.perf_counter()
         y_true, y_pred, sample = predict(fn, source, "test")
@@ -141,13 +142,21 @@ def evaluate(data: str, model: str, out: str, *, store: Store) -> EvalResult:
     )
 
 
+def check_image_size(size: tuple[int, int], source: DataSource, model: str) -> None:
+    """A model takes images of the size it was trained on: refuse a dataset of another size (resizing here
+    would score something other than what the dataset holds)."""
+    if size != source.shape[:2]:
+        raise InputError(
+            f"the model at {redact(model)} takes {size[0]}x{size[1]} images, dataset "
+            f"{source.manifest.dataset_id} holds {source.shape[0]}x{source.shape[1]}",
+            "evaluate it on a dataset preprocessed to its size (or train a model on this one)",
+        )
+
+
 def check_classes(fn: Any, training: dict[str, Any], source: DataSource, model: str) -> None:
     """A model scores only the classes it was trained on: refuse a dataset with other classes (a CIFAR-10
     model on CIFAR-100 would otherwise "score" a meaningless accuracy)."""
-    import tensorflow as tf
-
-    logits = fn(images=tf.zeros([1, 32, 32, 3], tf.uint8))["logits"]
-    trained = int(logits.shape[-1])
+    trained = int(fn.structured_outputs["logits"].shape[-1])
     names = list(training.get("dataset", {}).get("class_names") or [])
     wanted = source.class_names
     if trained != len(wanted):
