@@ -266,10 +266,11 @@ def _land(
 def _committed(raw_url: str, index: Index, written: int, seconds: float) -> IngestResult:
     result = _result(raw_url, index, reused=False, written=written)
     log.info(
-        "committed %s: %s, %d members, %.1f MB in %.1f s (%d written, %d already there)",
+        "committed %s: %s, %d %s, %.1f MB in %.1f s (%d written, %d already there)",
         redact(join(raw_url, MARKER)),
         result.layout,
         result.members,
+        "images" if isinstance(index, ImageIndex) else "members",
         result.bytes / 1e6,
         seconds,
         written,
