@@ -315,20 +315,25 @@ def _interruptible() -> Iterator[None]:
     SparkContext replaces the SIGINT handler with one that calls the JVM from inside the handler: when Ctrl-C
     lands in the middle of another JVM call (always, in a running job) that is a reentrant call on py4j's
     socket and a page of tracebacks. Here Ctrl-C only raises KeyboardInterrupt; :func:`quiesce` then cancels
-    the jobs. A root handler like :data:`logging.lastResort`, minus py4j, keeps py4j's root records (and
-    ``logging.basicConfig``, which they would trigger) off the terminal.
+    the jobs. A filter on the root logger (it sees only records logged on the root itself, as py4j does) keeps
+    py4j's records off the terminal, and a root handler like :data:`logging.lastResort` keeps them from
+    triggering ``logging.basicConfig`` when nothing else set logging up.
     """
     root = logging.getLogger()
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)
-    handler.addFilter(_NotPy4j())
-    root.addHandler(handler)
+    quiet = _NotPy4j()
+    root.addFilter(quiet)
+    handler = None if root.handlers else logging.StreamHandler()
+    if handler is not None:
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        root.removeFilter(quiet)
+        if handler is not None:
+            root.removeHandler(handler)
         if main:
             signal.signal(signal.SIGINT, previous)
 
