@@ -16,6 +16,7 @@ import pytest
 
 from cifarflow.storage import Store
 from cifarflow.train import export, source
+from train.conftest import SIZED_CLASSES, SIZED_SIDE, sized_dataset, sized_model  # noqa: F401
 
 from .conftest import MODEL_NAME, Server, start_server
 
@@ -63,6 +64,27 @@ def test_health_and_metadata(server: Server) -> None:
     }
     assert meta["parameters"] == {"class_names": CLASSES, "image_shape": [32, 32, 3]}
     assert httpx.get(f"{server.url}/v2/models/{MODEL_NAME}/ready").json()["ready"] is True
+
+
+def test_metadata_and_requests_follow_the_model_image_size(sized_model: str, tmp_path: Path) -> None:  # noqa: F811
+    """A model trained on 96 px images of 5 classes: the server reads the size from the SavedModel's signature,
+    reports it, takes that size and refuses CIFAR's."""
+    srv = start_server(sized_model, tmp_path, "serve-96")
+    try:
+        meta = httpx.get(f"{srv.url}/v2/models/{MODEL_NAME}").json()
+        shape = [SIZED_SIDE, SIZED_SIDE, 3]
+        assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, *shape]}]
+        assert ("probabilities", [-1, 5]) in [(o["name"], o["shape"]) for o in meta["outputs"]]
+        assert meta["parameters"] == {"class_names": SIZED_CLASSES, "image_shape": shape}
+        images = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
+        out = outputs(httpx.post(srv.infer_url(), json=uint8_request(images), timeout=60))
+        assert out["probabilities"]["shape"] == [2, 5] and set(out["class_name"]["data"]) <= set(
+            SIZED_CLASSES
+        )
+        cifar = httpx.post(srv.infer_url(), json=uint8_request(images[:, :32, :32]), timeout=60)
+        assert cifar.status_code == 400 and "is not [N, 96, 96, 3]" in cifar.text
+    finally:
+        srv.proc.kill()
 
 
 def test_answers_what_the_saved_model_answers(

@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from cifarflow.storage import Store
 from cifarflow.train import arrays, evaluate, report, source
 
-from .conftest import CLASSES
+from .conftest import CLASSES, train_tiny
 from .test_bad_input import run
 
 
@@ -115,15 +115,7 @@ def test_report_of_many_classes_and_larger_images(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cifar10_model(tiny_dataset: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A (barely) trained 10-class model."""
-    pytest.importorskip("tensorflow")
-    from cifarflow.cli import main
-
-    out = str(tmp_path_factory.mktemp("c10") / "model")
-    args = ["train", "--data", tiny_dataset, "--out", out, "--epochs", "1", "--batch-size", "64"]
-    with pytest.raises(SystemExit) as done:
-        main([*args, "--depth", "8", "--width", "4", "--no-evaluate"])
-    assert done.value.code == 0
-    return out
+    return train_tiny(tiny_dataset, str(tmp_path_factory.mktemp("c10") / "model"), 64, "--no-evaluate")
 
 
 @pytest.mark.slow
