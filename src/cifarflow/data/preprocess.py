@@ -619,7 +619,6 @@ def preprocess(
         )
     # Concurrent runs of the same input share OUT/<id>/; each writes under its own attempt folder until commit.
     staging = join(out, f"_attempt-{ds_id}-{uuid.uuid4().hex[:12]}")
-    check_writable(store, out, staging)
     job = Job(
         store=store,
         source=source,
@@ -643,6 +642,7 @@ def preprocess(
         len(job.splits),
     )
     try:
+        check_writable(store, out, staging)
         with sparkmod.session(master, app_name=f"cifarflow-preprocess-{ds_id}") as spark:
             manifest, stats = run_job(spark, job)
         manifest_url = commit(job, manifest, stats)
