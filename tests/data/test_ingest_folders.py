@@ -381,3 +381,24 @@ def test_synth_folder_bad_options(tmp_path, capsys, args: tuple[str, ...], messa
     code, _, err = run_cli(capsys, "synth", "--out", str(tmp_path / "o"), "--train", "4", *args)
     assert message in one_error_line(code, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_checking_a_bucket_landing_lists_each_folder_once(
+    s3_server, s3_bucket, synthetic, monkeypatch
+) -> None:
+    """An archive interleaves classes (train/0_disc, train/1_square, ...): the rerun's check of what landed
+    must not list a folder again at every change of class."""
+    store = s3_server.store()
+    ingest.ingest(str(synthetic["tar.gz"]), f"{s3_bucket}/work", store=store)
+    listed: list[str] = []
+    original = folder.ImageLanding._list
+
+    def counted(self, path: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+        listed.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(folder.ImageLanding, "_list", counted)
+    assert ingest.ingest(str(synthetic["tar.gz"]), f"{s3_bucket}/work", store=store).reused
+    assert sorted(listed) == sorted(
+        {f"{s}/{c}" for s in ("train", "test") for c in ("0_disc", "1_square", "2_triangle")}
+    )

@@ -22,6 +22,7 @@ import logging
 import os
 import tarfile
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000  # images per index shard (one completion record per batch, not per file)
 GROUP_BYTES = 32 << 20  # bytes read and written per group (one concurrent request on buckets)
+CACHED_NAMES = 1 << 20  # landed file names whose sizes are kept (bucket listings), ~100 MB at most
 INDEX = "_index"
 CIFAR_ROOTS = "no cifar-10-batches-py/, cifar-10-batches-bin/, cifar-100-python/ or cifar-100-binary/ folder"
 
@@ -258,8 +260,8 @@ class ImageLanding:
     shards: set[str] = field(default_factory=set)  # shard paths already there
     written: list[str] = field(default_factory=list)
     landed: int = 0  # images written by this run
-    _dir: str | None = None
-    _sizes: dict[str, int] = field(default_factory=dict)
+    _listed: OrderedDict[str, dict[str, int]] = field(default_factory=OrderedDict)  # folder -> name -> size
+    _cached: int = 0  # names held in _listed
 
     def load(self) -> None:
         prefix = join(self.folder_url, INDEX) + "/"
@@ -273,18 +275,34 @@ class ImageLanding:
         return None
 
     def size(self, path: str) -> int | None:
-        """The landed file's size, from one listing per folder (records come folder by folder)."""
+        """The landed file's size: a stat on a local disk; on a bucket, from one listing per folder, kept for
+        the folders seen last (archives interleave classes), up to :data:`CACHED_NAMES` names."""
+        if self.folder_url.startswith("file://"):
+            try:
+                return os.stat(join(self.folder_url, path)[len("file://") :]).st_size
+            except FileNotFoundError:
+                return None
         folder, _, name = path.rpartition("/")
-        if folder != self._dir:
-            self._dir, self._sizes = folder, {}
-            url = join(self.folder_url, folder) if folder else self.folder_url
-            with translate(url):
-                fs, base = self.store.fs(url)
-                with contextlib.suppress(FileNotFoundError):
-                    for info in fs.ls(base, detail=True):
-                        if info.get("type") == "file":
-                            self._sizes[str(info["name"]).rstrip("/").rsplit("/", 1)[-1]] = int(info["size"])
-        return self._sizes.get(name)
+        sizes = self._listed.get(folder)
+        if sizes is None:
+            sizes = self._list(folder)
+            self._listed[folder] = sizes
+            self._cached += len(sizes)
+            while self._cached > CACHED_NAMES and len(self._listed) > 1:
+                self._cached -= len(self._listed.popitem(last=False)[1])
+        self._listed.move_to_end(folder)
+        return sizes.get(name)
+
+    def _list(self, folder: str) -> dict[str, int]:
+        url = join(self.folder_url, folder) if folder else self.folder_url
+        sizes: dict[str, int] = {}
+        with translate(url):
+            fs, base = self.store.fs(url)
+            with contextlib.suppress(FileNotFoundError):
+                for info in fs.ls(base, detail=True, refresh=True):
+                    if info.get("type") == "file":
+                        sizes[str(info["name"]).rstrip("/").rsplit("/", 1)[-1]] = int(info["size"])
+        return sizes
 
     def write(self, files: dict[str, bytes]) -> None:
         urls = {join(self.folder_url, path): data for path, data in files.items()}
@@ -297,7 +315,10 @@ class ImageLanding:
                 fs, _ = self.store.fs(self.folder_url)
                 fs.pipe({fs._strip_protocol(u): d for u, d in urls.items()})  # concurrent PUTs
         self.landed += len(files)
-        self._dir = None
+        for path, data in files.items():  # keep the cached listings true
+            folder, _, name = path.rpartition("/")
+            if folder in self._listed:
+                self._listed[folder][name] = len(data)
 
     def write_shard(self, path: str, data: bytes) -> None:
         url = join(self.folder_url, path)
