@@ -1,4 +1,5 @@
-"""The CIFAR-10 pipeline: ingest -> plan -> preprocess -> train -> evaluate, as KFP v2 wiring.
+"""The CIFAR-10 pipeline: ingest -> plan -> preprocess -> train -> evaluate -> promote -> deploy (only when
+promote says yes, and the ``deploy`` parameter is on), as KFP v2 wiring.
 
 Build it with ``cifarflow pipeline compile`` (writes ``pipelines/compiled/cifar10_pipeline.yaml``), submit it
 with ``cifarflow pipeline submit``, or run it on this machine with ``cifarflow pipeline run-local``. The
@@ -30,6 +31,8 @@ DEADLINES = {
     "preprocess": 6 * 3600,
     "train": 48 * 3600,
     "evaluate": 2 * 3600,
+    "promote": 2 * 3600,  # a champion scored on another dataset version is evaluated again first
+    "deploy": 3600,
 }
 JOB_MARGIN_S = 600
 
@@ -40,6 +43,8 @@ DEFAULTS_DIR = deployment.DEFAULTS_DIR
 # Parameter defaults come from the configs that declare them (tests/pipeline/test_defaults.py checks them).
 TRAIN = config.defaults(TrainConfig)
 PREPROCESS = config.defaults(config.PreprocessConfig)
+GATE = config.defaults(config.PromoteConfig)
+DEPLOY = config.defaults(config.DeployConfig)
 
 # Bucket credentials for S3-compatible stores (MinIO/SeaweedFS). Optional, so the same pipeline runs on GKE
 # with Workload Identity and no Secret at all.
@@ -70,12 +75,14 @@ class Outputs(NamedTuple):
     metrics: dsl.Metrics
     confusion: dsl.ClassificationMetrics
     report: dsl.HTML
+    decision: dsl.Metrics
+    promotion: dsl.Markdown
 
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="CIFAR-10 from a bucket to an evaluated model: Spark preprocessing (SparkApplication), "
-    "TensorFlow training (TFJob), evaluation with a report.",
+    description="CIFAR-10 from a bucket to a served model: Spark preprocessing (SparkApplication), "
+    "TensorFlow training (TFJob), evaluation with a report, a champion gate, KServe deployment.",
 )
 def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with positional arguments
     source: str = "cifar10",
@@ -100,8 +107,14 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     epochs: int = TRAIN["epochs"],
     batch_size: int = TRAIN["batch_size"],
     run_name: str = "",
+    min_accuracy: float = GATE["min_accuracy"],
+    tolerance: float = GATE["tolerance"],
+    max_recall_drop: float = GATE["max_recall_drop"],
+    deploy: bool = True,
+    deploy_name: str = DEPLOY["name"],
+    canary_percent: int = DEPLOY["canary_percent"],
 ) -> Outputs:
-    """CIFAR-10 from a bucket to an evaluated model. Empty values defer to the cluster's cifarflow-defaults.
+    """CIFAR-10 from a bucket to a served model. Empty values defer to the cluster's cifarflow-defaults.
 
     Args:
         source: cifar10, cifar100, an http(s) URL, or a bucket URL of a CIFAR archive.
@@ -126,6 +139,12 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         epochs: Training epochs.
         batch_size: Global batch size, split over all replicas.
         run_name: Model folder under WORKDIR/models/<dataset-id>/ ("" = model and a hash of the settings).
+        min_accuracy: Promotion floor: never promote below this test accuracy.
+        tolerance: Promote at the champion's test accuracy minus this.
+        max_recall_drop: Largest fall of any class's recall against the champion.
+        deploy: Deploy a promoted model (false: promote only; true needs KServe on a cluster).
+        deploy_name: InferenceService name, and the model's name in the V2 protocol's URLs.
+        canary_percent: Traffic share of the new revision (100 = all of it, no canary).
     """
 
     ingest = c.ingest(source=source, workdir=workdir, s3_endpoint=s3_endpoint)
@@ -191,10 +210,42 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     evaluate.set_caching_options(False).set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
     _on_cluster(evaluate, "evaluate", pipeline_image, bucket_secret)
 
+    promote = c.promote(
+        model=train.outputs["model"],
+        metrics=evaluate.outputs["metrics"],
+        min_accuracy=min_accuracy,
+        tolerance=tolerance,
+        max_recall_drop=max_recall_drop,
+        s3_endpoint=s3_endpoint,
+    )
+    # The gate reads and writes the champion record under a lock: never cached, never retried blindly.
+    promote.set_caching_options(False).set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
+    _on_cluster(promote, "promote", pipeline_image, bucket_secret)
+
+    # Deploy only a promoted model, and only when asked (the outer condition is the gate's answer).
+    with (
+        dsl.If(promote.outputs["Output"] == True, name="promoted"),  # noqa: E712 - a KFP condition, not a test
+        dsl.If(deploy == True, name="deploy-wanted"),  # noqa: E712
+    ):
+        deployed = c.deploy(
+            model=train.outputs["model"],
+            name=deploy_name,
+            canary_percent=canary_percent,
+            backend=backend,
+            namespace=namespace,
+            s3_endpoint=s3_endpoint,
+            timeout_s=DEADLINES["deploy"] - JOB_MARGIN_S,
+        )
+        # An unchanged model is a no-op; a retry re-applies the same spec and waits again.
+        deployed.set_caching_options(False).set_retry(num_retries=1, backoff_duration="60s")
+        _on_cluster(deployed, "deploy", pipeline_image, bucket_secret)
+
     return Outputs(
         dataset=preprocess.outputs["dataset"],
         model=train.outputs["model"],
         metrics=evaluate.outputs["metrics"],
         confusion=evaluate.outputs["confusion"],
         report=evaluate.outputs["report"],
+        decision=promote.outputs["decision"],
+        promotion=promote.outputs["summary"],
     )

@@ -11,7 +11,7 @@ specs. Every input is described in its component's ``Args:`` (KFP shows those de
 import functools
 
 from kfp import dsl
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 # The default only: the pipeline sets every task's image from its `pipeline_image` parameter. The image has
 # cifarflow and kfp installed, so nothing is pip-installed when a pod starts (air-gapped clusters work).
@@ -211,3 +211,82 @@ def evaluate(
         s3_endpoint=s3_endpoint,
     )
     publish.publish_evaluation(result, metrics=metrics, confusion=confusion, report=report)
+
+
+@component
+def promote(
+    *,
+    model: Input[Model],
+    metrics: Input[Metrics],
+    min_accuracy: float,
+    tolerance: float,
+    max_recall_drop: float,
+    s3_endpoint: str,
+    decision: Output[Metrics],
+    summary: Output[Markdown],
+) -> bool:
+    """Make the model the champion (WORKDIR/models/champion.json) only if it beats the current one on the same
+    dataset; publish the decision with both models' scores.
+
+    Args:
+        model: The Model artifact train published.
+        metrics: The Metrics artifact evaluate published (its metrics.json is what the gate reads).
+        min_accuracy: Floor: never promote below this test accuracy.
+        tolerance: Promote at the champion's accuracy minus this.
+        max_recall_drop: Largest fall of any class's recall against the champion.
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+        decision: promoted (1 or 0), both models' test accuracy and the thresholds; the reason as metadata.
+        summary: The verdict, its reason and both models' per-class recall.
+
+    Returns:
+        Whether the model was promoted (deploy runs only then).
+    """
+    from cifarflow.pipeline import publish, steps
+
+    result = steps.promote(
+        model_url=model.metadata["model_url"],
+        metrics_url=metrics.metadata["metrics_url"],
+        gate={"min_accuracy": min_accuracy, "tolerance": tolerance, "max_recall_drop": max_recall_drop},
+        s3_endpoint=s3_endpoint,
+    )
+    publish.publish_decision(result, metrics=decision, summary=summary)
+    return result.promoted
+
+
+@component
+def deploy(
+    *,
+    model: Input[Model],
+    name: str,
+    canary_percent: int,
+    backend: str,
+    namespace: str,
+    s3_endpoint: str,
+    timeout_s: int,
+) -> str:
+    """Serve the promoted model: create or update its KServe InferenceService and wait until it is Ready
+    (backend=local: check that it loads and answers, and name the `cifarflow serve` command).
+
+    Args:
+        model: The Model artifact train published (the model folder in the workdir is served).
+        name: InferenceService name, and the model's name in the V2 protocol's URLs.
+        canary_percent: Traffic share of the new revision (100 = all of it, no canary).
+        backend: k8s (a KServe InferenceService) or local (a servability check in this pod).
+        namespace: Namespace of the InferenceService ("" = the cluster's).
+        s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
+        timeout_s: Seconds to wait for the InferenceService to become Ready.
+
+    Returns:
+        The InferenceService's URL (backend=local: the command that serves the model).
+    """
+    from cifarflow.pipeline import inputs, steps
+
+    result = steps.deploy(
+        model_url=model.metadata["model_url"],
+        name=name,
+        canary_percent=canary_percent,
+        cluster=inputs.Cluster(
+            backend=backend, namespace=namespace, s3_endpoint=s3_endpoint, timeout_s=timeout_s
+        ),
+    )
+    return result.outputs.get("url") or result.outputs.get("serve", "")

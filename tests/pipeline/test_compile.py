@@ -20,7 +20,8 @@ from .conftest import Result
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines" / "compiled" / "cifar10_pipeline.yaml"
-STEPS = ["ingest", "plan", "preprocess", "train", "evaluate"]
+STEPS = ["ingest", "plan", "preprocess", "train", "evaluate", "promote", "deploy"]
+TOP = [*STEPS[:-1], "condition-1"]  # deploy sits in two nested conditions
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,15 @@ def test_kfp_loads_the_compiled_pipeline_back(fresh: Path) -> None:
     assert {k: (v.type, v.default) for k, v in loaded.component_spec.inputs.items()} == {
         k: (v.type, v.default) for k, v in original.component_spec.inputs.items()
     }
-    assert set(loaded.component_spec.outputs) == {"dataset", "model", "metrics", "confusion", "report"}
+    assert set(loaded.component_spec.outputs) == {
+        "dataset",
+        "model",
+        "metrics",
+        "confusion",
+        "report",
+        "decision",
+        "promotion",
+    }
     # The loaded pipeline is usable as a component of another pipeline: KFP accepted the whole IR.
     assert loaded.component_spec.implementation.graph is not None
 
@@ -85,17 +94,56 @@ def test_kfp_loads_the_compiled_pipeline_back(fresh: Path) -> None:
 def test_dag_order_and_caching(docs: tuple[dict[str, Any], dict[str, Any]]) -> None:
     spec, _ = docs
     tasks = spec["root"]["dag"]["tasks"]
-    assert sorted(tasks) == sorted(STEPS)
+    assert sorted(tasks) == sorted(TOP)
     assert tasks["plan"]["dependentTasks"] == ["ingest"]
     assert sorted(tasks["preprocess"]["dependentTasks"]) == ["ingest", "plan"]
     assert tasks["train"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["evaluate"]["dependentTasks"]) == ["preprocess", "train"]
+    assert sorted(tasks["promote"]["dependentTasks"]) == ["evaluate", "train"]
     # Only preprocess is cached, and its inputs are parameters only: the planned dataset id, not an artifact.
-    caching = {name: t["cachingOptions"].get("enableCache", False) for name, t in tasks.items()}
-    assert caching == {"ingest": False, "plan": False, "preprocess": True, "train": False, "evaluate": False}
+    caching = {
+        name: t["cachingOptions"].get("enableCache", False) for name, t in tasks.items() if name in STEPS
+    }
+    assert caching == {
+        "ingest": False,
+        "plan": False,
+        "preprocess": True,
+        "train": False,
+        "evaluate": False,
+        "promote": False,
+    }
     assert "artifacts" not in tasks["preprocess"]["inputs"]
     assert tasks["preprocess"]["inputs"]["parameters"]["dataset_id"] == {
         "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "plan"}
+    }
+
+
+def test_deploy_runs_only_when_promote_says_yes_and_deploy_is_on(
+    docs: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    spec, _ = docs
+    promoted = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert promoted["taskInfo"]["name"] == "promoted"
+    assert promoted["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--promote-Output'] == true"
+    )
+    assert promoted["inputs"]["parameters"]["pipelinechannel--promote-Output"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "promote"}
+    }
+    (wanted,) = spec["components"]["comp-condition-1"]["dag"]["tasks"].values()
+    assert wanted["taskInfo"]["name"] == "deploy-wanted"
+    assert (
+        wanted["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy'] == true"
+    )
+    inner = spec["components"][wanted["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["deploy"]
+    assert inner["deploy"]["cachingOptions"] == {}
+    assert inner["deploy"]["inputs"]["artifacts"]["model"] == {
+        "componentInputArtifact": "pipelinechannel--train-model"
+    }
+    assert spec["components"]["comp-promote"]["outputDefinitions"]["artifacts"] == {
+        "decision": {"artifactType": {"schemaTitle": "system.Metrics", "schemaVersion": "0.0.1"}},
+        "summary": {"artifactType": {"schemaTitle": "system.Markdown", "schemaVersion": "0.0.1"}},
     }
 
 
@@ -122,10 +170,14 @@ def test_kubernetes_settings_on_every_task(docs: tuple[dict[str, Any], dict[str,
         "exec-preprocess": 21600,
         "exec-train": 172800,
         "exec-evaluate": 7200,
+        "exec-promote": 7200,
+        "exec-deploy": 3600,
     }
     for name, cfg in executors.items():
         (secret,) = cfg["secretAsEnv"]
-        assert secret["secretNameParameter"] == {"componentInputParameter": "bucket_secret"}, name
+        # Inside the conditions the pipeline's parameter reaches the task as a channel of the same name.
+        parameter = "pipelinechannel--bucket_secret" if name == "exec-deploy" else "bucket_secret"
+        assert secret["secretNameParameter"] == {"componentInputParameter": parameter}, name
         assert secret["optional"] is True
         assert {m["envVar"] for m in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 

@@ -8,6 +8,7 @@ manifests, TrainConfig validation, kfp's artifact classes.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,4 +401,41 @@ def test_no_workdir_anywhere_is_one_error_line(
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith(
         "error: no workdir: the parameter is empty and no cifarflow-defaults ConfigMap sets "
+    )
+
+
+def test_promote_step_publishes_the_decision_with_both_models_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serve.test_promote import fake_model
+
+    store, models = Store(), "file://" + str(tmp_path / "models")
+    gate = {"min_accuracy": 0.3, "tolerance": 0.01, "max_recall_drop": 0.1}
+
+    def promote(name: str, accuracy: float) -> Any:
+        url = fake_model(store, join(models, "ds-a", name), accuracy)
+        return steps.promote(model_url=url, metrics_url=join(url, "metrics.json"), gate=gate, s3_endpoint="")
+
+    assert promote("champ", 0.80).promoted
+    decision = promote("worse", 0.50)
+    metrics, summary = dsl.Metrics(uri=str(tmp_path / "d")), dsl.Markdown(uri=str(tmp_path / "s.md"))
+    publish.publish_decision(decision, metrics=metrics, summary=summary)
+    meta = metrics.metadata
+    assert meta["promoted"] == 0.0 and meta["challenger_accuracy"] == pytest.approx(0.491)
+    assert meta["champion_accuracy"] == pytest.approx(0.799)
+    assert (meta["min_accuracy"], meta["tolerance"], meta["max_recall_drop"]) == (0.3, 0.01, 0.1)
+    assert meta["reason"] == "test accuracy 0.4910 < champion 0.7990 - tolerance 0.0100"
+    assert meta["champion"].endswith("/models/ds-a/champ") and meta["challenger"].endswith("/worse")
+    text = Path(summary.path).read_text()
+    assert text.startswith("**kept the champion**: test accuracy 0.4910")
+    assert "| challenger |" in text and "| champion |" in text and "| class9 | 0.5300 | 0.7900 |" in text
+    assert json.loads((tmp_path / "models" / "champion.json").read_text())["champion"]["model"].endswith(
+        "champ"
+    )
+
+    with pytest.raises(SystemExit):
+        steps.promote(model_url="x", metrics_url="x", gate={**gate, "min_accuracy": 2.0}, s3_endpoint="")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: pipeline parameter min_accuracy=2.0 is invalid: input should be less than or equal to 1 "
+        "(fix: pass a value within the bound above)"
     )

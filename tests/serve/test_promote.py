@@ -115,6 +115,11 @@ def test_cli_says_why_and_exits_1_when_it_refuses(tmp_path: Path, cli: Any) -> N
     assert "reason: test accuracy 0.4910 < champion 0.7990" in second.out
     missing = cli("promote", "--model", join(models, "nothing"))
     assert missing.code == 2 and missing.err.startswith("error: no evaluation at ")
+    bad = cli("promote", "--model", join(models, "worse"), "--max-recall-drop", "1.5")
+    assert bad.code == 2 and bad.error_lines == [
+        "error: --max-recall-drop 1.5 is invalid: input should be less than or equal to 1 "
+        "(fix: pass a value within the bound above)"
+    ]
 
 
 def test_a_corrupt_record_is_one_clear_error(tmp_path: Path) -> None:

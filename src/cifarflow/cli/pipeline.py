@@ -119,5 +119,8 @@ def run_local(
     for key, value in meta["metrics"].items():
         if isinstance(value, float | int):
             out(f"{key}: {value:.4g}")
+    # The promotion gate's answer (deploy ran only on a yes).
+    out(f"promoted: {str(meta['decision']['promoted'] == 1).lower()}")
+    out(f"promotion: {meta['decision']['reason']}")
     out(f"kfp outputs: {run.run_dir}")
     out(f"log: {run.log_file}")

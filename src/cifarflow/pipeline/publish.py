@@ -8,10 +8,13 @@ the originals live. A Model artifact is thus a complete SavedModel in KFP's stor
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cifarflow.pipeline.results import CommittedDataset, Evaluation, TrainedModel
 from cifarflow.storage import Store
+
+if TYPE_CHECKING:
+    from cifarflow.serve.promote import Decision
 
 
 class Artifact(Protocol):
@@ -65,6 +68,27 @@ def publish_evaluation(
     confusion.log_confusion_matrix(result.class_names, result.confusion)  # type: ignore[attr-defined]
     _write(report.path, result.report_html)
     report.metadata["report_url"] = result.report_url
+
+
+def publish_decision(decision: Decision, *, metrics: Artifact, summary: Artifact) -> None:
+    """The gate's answer in the KFP UI: both models' scores and the thresholds as Metrics (``promoted`` is 1 or
+    0), the verdict, its reason and the per-class recalls as Markdown."""
+    scores = {"promoted": float(decision.promoted), "challenger_accuracy": decision.challenger.accuracy}
+    if decision.champion is not None:
+        scores["champion_accuracy"] = decision.champion.accuracy
+    for name, value in {**scores, **decision.thresholds}.items():
+        metrics.log_metric(name, value)  # type: ignore[attr-defined]
+    metrics.metadata.update(
+        {
+            "reason": decision.reason,
+            "dataset_id": decision.challenger.dataset_id,
+            "challenger": decision.challenger.model,
+            "champion": decision.champion.model if decision.champion is not None else "",
+            "champion_reevaluated": decision.reevaluated,
+            "record_url": decision.record_url,
+        }
+    )
+    _write(summary.path, decision.markdown().encode())
 
 
 def copy_tree(store: Store, url: str, local: str) -> None:

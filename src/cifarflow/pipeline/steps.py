@@ -9,14 +9,15 @@ contract is :mod:`cifarflow.pipeline.contract`.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from cifarflow import deployment
-from cifarflow.backends import PreprocessRequest, TrainRequest, get_backend
-from cifarflow.config import PreprocessConfig
+from cifarflow.backends import DeployRequest, DeployResult, PreprocessRequest, TrainRequest, get_backend
+from cifarflow.config import DeployConfig, PreprocessConfig, PromoteConfig, parse
 from cifarflow.errors import InputError, JobError
 from cifarflow.layout import Workdir
 from cifarflow.pipeline.contract import step
-from cifarflow.pipeline.inputs import PreprocessInputs, TrainInputs
+from cifarflow.pipeline.inputs import Cluster, PreprocessInputs, TrainInputs
 from cifarflow.pipeline.results import (
     CommittedDataset,
     Evaluation,
@@ -28,7 +29,15 @@ from cifarflow.pipeline.results import (
 from cifarflow.storage import basename, join, redact
 from cifarflow.train.config import TrainConfig, parse_config
 
+if TYPE_CHECKING:
+    from cifarflow.serve.promote import Decision
+
 log = logging.getLogger(__name__)
+
+
+def pipeline_option(name: str, value: object) -> str:
+    """How a refused value is named in a step's error line."""
+    return f"pipeline parameter {name}={value!r}"
 
 
 def resolve_workdir(given: str) -> Workdir:
@@ -133,7 +142,7 @@ def train_config(req: TrainInputs, data: str, out: str) -> TrainConfig:
             "evaluate": False,  # evaluation is the pipeline's next step
             "s3_endpoint": req.cluster.s3_endpoint or None,
         },
-        option=lambda name, value: f"pipeline parameter {name}={value!r}",
+        option=pipeline_option,
     )
 
 
@@ -147,3 +156,26 @@ def evaluate(*, dataset_url: str, model_url: str, s3_endpoint: str) -> Evaluatio
     store = deployment.store(s3_endpoint)
     # The report goes next to the model, as `cifarflow run` puts it.
     return evaluation(ev.evaluate(dataset_url, model_url, model_url, store=store), store)
+
+
+@step
+def promote(*, model_url: str, metrics_url: str, gate: dict[str, float], s3_endpoint: str) -> Decision:
+    """The gate: the new model becomes the champion (``<models root>/champion.json``) only if it beats the
+    current one on the same dataset (the champion is evaluated on it first when it was scored elsewhere)."""
+    from cifarflow.serve import promote as gate_mod
+
+    thresholds = parse(PromoteConfig, gate, option=pipeline_option)
+    store = deployment.store(s3_endpoint)
+    return gate_mod.promote(model_url, store=store, metrics_url=metrics_url, **thresholds.model_dump())
+
+
+@step
+def deploy(*, model_url: str, name: str, canary_percent: int, cluster: Cluster) -> DeployResult:
+    """Serve the promoted model: an InferenceService (k8s), or a servability check here (local)."""
+    params = parse(DeployConfig, {"name": name, "canary_percent": canary_percent}, option=pipeline_option)
+    store = deployment.store(cluster.s3_endpoint)
+    backend = get_backend(cluster.backend, store=store, k8s=cluster.options())
+    result = backend.deploy(DeployRequest(model_url, params))
+    for line in result.lines():
+        log.info("deploy %s", line)
+    return result

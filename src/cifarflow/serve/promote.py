@@ -88,17 +88,32 @@ class Decision:
         return asdict(self)
 
     def markdown(self) -> str:
+        """The verdict, both models' accuracy and per-class recall, and the thresholds (the KFP UI's view)."""
         verdict = "promoted" if self.promoted else "kept the champion"
+        models = [("challenger", self.challenger)]
+        if self.champion is not None:
+            models.append(("champion" + (" (re-evaluated)" if self.reevaluated else ""), self.champion))
         rows = [
             "| | model | accuracy |",
             "| --- | --- | --- |",
-            f"| challenger | `{self.challenger.model}` | {self.challenger.accuracy:.4f} |",
+            *(f"| {role} | `{m.model}` | {m.accuracy:.4f} |" for role, m in models),
         ]
-        if self.champion is not None:
-            rows.append(f"| champion | `{self.champion.model}` | {self.champion.accuracy:.4f} |")
+        recall = [
+            "| class | " + " | ".join(role for role, _ in models) + " |",
+            "| --- |" + " --- |" * len(models),
+        ]
+        recall += [
+            f"| {c} | " + " | ".join(f"{m.recall.get(c, float('nan')):.4f}" for _, m in models) + " |"
+            for c in self.challenger.recall
+        ]
+        limits = ", ".join(f"{k} {v:g}" for k, v in self.thresholds.items())
         return (
             f"**{verdict}**: {self.reason}\n\n"
-            f"dataset `{self.challenger.dataset_id}`\n\n" + "\n".join(rows) + "\n"
+            f"dataset `{self.challenger.dataset_id}`; thresholds: {limits or 'none'}\n\n"
+            + "\n".join(rows)
+            + "\n\nRecall per class:\n\n"
+            + "\n".join(recall)
+            + "\n"
         )
 
 
