@@ -22,7 +22,7 @@ from cifarflow.storage import Store
 
 from .conftest import Result
 
-STEPS = ("ingest", "plan", "preprocess", "train", "evaluate")
+STEPS = ("ingest", "plan", "preprocess", "train", "evaluate", "promote", "deploy")
 TRAIN, TEST = 400, 200
 
 
@@ -52,7 +52,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.slow
-def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
+def test_run_local_end_to_end_promotes_then_keeps_the_champion_and_a_one_line_failure(
     cli: Callable[..., Result], archive: str, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
@@ -108,11 +108,37 @@ def test_run_local_end_to_end_then_cached_preprocess_and_a_one_line_failure(
     saved_metrics = json.loads(_path(scores["metrics_url"]).read_text())
     assert saved_metrics["test"]["confusion_matrix"] == rows
 
-    # Second run, same data: preprocess is a cache hit (keyed on the dataset id), and a bad parameter fails
-    # in its step with one error line.
+    # The gate: the first model on this dataset is the champion; the decision with its scores and reason is in
+    # KFP's record (Metrics + Markdown) and on stdout; deploy ran with the local backend (a servability check).
+    gate = _artifacts(run_dir, "promote")
+    decision = gate["decision"]["metadata"]
+    assert decision["promoted"] == 1.0 and out["promoted"] == "true"
+    assert decision["challenger_accuracy"] == pytest.approx(scores["accuracy"])
+    assert "champion_accuracy" not in decision and decision["reason"] == out["promotion"]
+    assert out["promotion"].startswith("no champion yet")
+    assert decision["tolerance"] == 0.0 and decision["max_recall_drop"] == pytest.approx(0.1)
+    summary = Path(gate["summary"]["uri"]).read_text()
+    assert summary.startswith("**promoted**: no champion yet") and "Recall per class" in summary
+    champion = json.loads((work / "models" / "champion.json").read_text())
+    assert champion["champion"]["model"] == model["metadata"]["model_url"]
+    served = json.loads((run_dir / "deploy" / "executor_output.json").read_text())
+    assert served["parameterValues"]["Output"].startswith("cifarflow serve --model ")
+
+    # Second run, same data and settings: preprocess is a cache hit (keyed on the dataset id); the same model
+    # is already the champion, so promote says no and deploy is skipped.
+    res = cli("pipeline", "run-local", *common, "--param", "epochs=1", "--param", "batch_size=32")
+    assert res.code == 0, res.err
+    again = _outputs(res)
+    assert re.search(r"Task '?preprocess'? cache hit", _plain(res.err))
+    assert again["promoted"] == "false" and again["promotion"] == "it is already the champion"
+    log = _plain(Path(again["log"]).read_text())
+    ran = [step for step, _ in re.findall(r"Task '(\w+)' finished with status (\w+)", log)]
+    assert ran == ["ingest", "plan", "train", "evaluate", "promote"]  # preprocess: cached; deploy: skipped
+    assert "Skipping conditional task condition-1 (condition evaluated to False)" in log  # "promoted"
+
+    # A bad parameter fails in its step with one error line.
     res = cli("pipeline", "run-local", *common, "--param", "epochs=0")
     assert res.code == 2
-    assert re.search(r"Task '?preprocess'? cache hit", _plain(res.err))
     assert res.error_lines == [
         "error: step train failed: pipeline parameter epochs=0 is invalid: "
         "input should be greater than or equal to 1 (fix: pass a value within the bound above)"
