@@ -41,8 +41,13 @@ def test_a_trainjob_runs_to_completion_and_reports_the_leaders_results(api: Api)
         "name": "cifarflow-tensorflow",
     }
     assert job["spec"]["trainer"]["args"][:2] == ["--data", "s3://cifarflow/work/datasets/3f2a9c"]
-    # The API server applied the CRD's defaults.
-    assert job["spec"]["managedBy"] == "trainer.kubeflow.org/trainjob-controller"
+
+
+def test_the_api_server_applies_the_trainjob_crds_defaults(api: Api) -> None:
+    needs_crds()  # the defaults come from the CRD's schema
+    api.cluster.scenario(NAME, sc.tj_success(NAME, "model: s3://cifarflow/work/models/m1\n"))
+    train(api)
+    assert api.cluster.objects[KEY]["spec"]["managedBy"] == "trainer.kubeflow.org/trainjob-controller"
 
 
 def test_a_failed_trainjob_names_the_leaders_error_line(api: Api) -> None:

@@ -79,6 +79,9 @@ class BucketCheckpoints:
         shutil.rmtree(self.local, ignore_errors=True)
 
     # -- reading ------------------------------------------------------------------------------------------
+    def saved_any(self) -> bool:
+        return self.store.exists(join(self.url, LATEST))
+
     def latest(self) -> Saved | None:
         marker = join(self.url, LATEST)
         if not self.store.exists(marker):

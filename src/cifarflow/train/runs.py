@@ -55,12 +55,20 @@ def check(store: Store, cfg: TrainConfig, dataset_id: str) -> None:
         )
 
 
-def record(store: Store, cfg: TrainConfig, dataset_id: str) -> None:
-    """Mark ``cfg.out`` as this run's (the chief, before its first write there)."""
+def record(store: Store, cfg: TrainConfig, dataset_id: str) -> bool:
+    """Mark ``cfg.out`` as this run's (the chief, before its first write there); ``True`` if this call did."""
     marker = join(cfg.out, RUN_JSON)
-    if not store.exists(marker):
-        text = json.dumps(identity(cfg, dataset_id), indent=2, sort_keys=True) + "\n"
-        store.write_text(marker, text)
+    if store.exists(marker):
+        return False
+    store.write_text(marker, json.dumps(identity(cfg, dataset_id), indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def release(store: Store, url: str) -> None:
+    """Undo :func:`record` for a run that failed before writing anything else: no folder is left half-made."""
+    store.remove(join(url, RUN_JSON))
+    if store.is_dir(url) and not store.list(url):
+        store.remove(url, recursive=True)
 
 
 def recorded(store: Store, url: str) -> dict[str, Any] | None:

@@ -277,15 +277,22 @@ class Trainer:
 
     # -- the loop (Python) --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        started = time.perf_counter()
+        saved = self.checkpoints.restore()
+        start = int(self.step.numpy())
+        claimed = self.role.is_chief and runs.record(self.store, self.cfg, self.source.manifest.dataset_id)
+        try:
+            return self._run(started, saved is not None, start)
+        except BaseException:
+            if claimed and not self.checkpoints.saved_any():
+                runs.release(self.store, self.cfg.out)  # failed before its first checkpoint: leave nothing
+            raise
+
+    def _run(self, started: float, saved: bool, start: int) -> TrainResult:
         import tensorflow as tf
 
         from cifarflow.train import inputs
 
-        started = time.perf_counter()
-        saved = self.checkpoints.restore()
-        start = int(self.step.numpy())
-        if self.role.is_chief:
-            runs.record(self.store, self.cfg, self.source.manifest.dataset_id)
         self._agree_on_start(start)
         history = self._load_history(start) if saved else []
         if saved:
