@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= work
-SOURCE ?= cifar10
+# embedded: a CIFAR-10-format archive (50k+10k) that `cifarflow synth` generates, so `make run` needs no network.
+SOURCE ?= embedded
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 MINIKUBE_ARGS ?=
@@ -47,8 +48,11 @@ check-java: ## Spark 4 needs Java 17+
 	if [ "$${v:-0}" -lt 17 ]; then \
 	  echo "error: Java $$v found, Spark 4 needs 17+ (fix: install openjdk-17 and put it first on PATH)" >&2; exit 2; fi
 
-run: venv check-java ## Ingest, preprocess, train and evaluate CIFAR-10 (SOURCE=path|cifar10|cifar100, WORKDIR=url)
-	$(BIN)/cifarflow run --source $(SOURCE) --workdir $(WORKDIR) $(RUN_ARGS)
+run: venv check-java ## Ingest, preprocess, train, evaluate, promote (SOURCE=embedded|cifar10|cifar100|URL|path)
+	@if [ "$(SOURCE)" = embedded ]; then \
+	  $(BIN)/cifarflow synth --out $(WORKDIR)/synth --train 50000 --test 10000; \
+	  src=$(WORKDIR)/synth/cifar-10-python.tar.gz; else src='$(SOURCE)'; fi; \
+	$(BIN)/cifarflow run --source "$$src" --workdir $(WORKDIR) $(RUN_ARGS)
 
 demo: venv check-java ## The same pipeline on a generated CIFAR-format archive (no network needed)
 	$(BIN)/cifarflow synth --out $(WORKDIR)/synth --train 5000 --test 1000
