@@ -36,6 +36,8 @@ from cifarflow.data import manifest as mf
 from cifarflow.data import preprocess as pre
 from cifarflow.data import spark as sparkmod
 from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, hwc_to_chw
+from cifarflow.data.preprocess import job as preprocess_job
+from cifarflow.data.preprocess import ranges
 from cifarflow.errors import ConflictError, InputError, JobError, marked
 from cifarflow.storage import Store
 
@@ -195,12 +197,12 @@ def ingest(archive: Path, dest: str, store: Store) -> str:
 # -- planning (no Spark) -------------------------------------------------------------------------------------
 
 
-def members(fmt: str, sizes: list[int], split: str = "train") -> list[pre.RawMember]:
-    return [pre.RawMember(f"m{i}", f"file:///x/m{i}", split, size, f"sha{i}") for i, size in enumerate(sizes)]
+def members(fmt: str, sizes: list[int], split: str = "train") -> list[pre.InputFile]:
+    return [pre.InputFile(f"m{i}", f"file:///x/m{i}", split, size, f"sha{i}") for i, size in enumerate(sizes)]
 
 
 def test_python_batches_are_one_split_each() -> None:
-    splits = pre.plan_splits(members("python", [100, 200, 300]), LAYOUTS["cifar10-python"], partitions=64)
+    splits = pre.plan_ranges(members("python", [100, 200, 300]), LAYOUTS["cifar10-python"], partitions=64)
     assert [(s.index, s.member, s.offset, s.length, s.first_index) for s in splits] == [
         (0, "m0", 0, 100, 0),
         (1, "m1", 0, 200, 0),
@@ -212,9 +214,9 @@ def test_python_batches_are_one_split_each() -> None:
 def test_binary_files_split_into_record_aligned_ranges(partitions: int | None, monkeypatch: Any) -> None:
     layout = LAYOUTS["cifar100-binary"]  # 3074-byte records: alignment matters
     size = layout.record_bytes
-    monkeypatch.setattr(pre, "SPLIT_BYTES", 40 * size)
+    monkeypatch.setattr(ranges, "RANGE_BYTES", 40 * size)
     files = members("binary", [100 * size, 37 * size, 3 * size])
-    splits = pre.plan_splits(files, layout, partitions)
+    splits = pre.plan_ranges(files, layout, partitions)
     assert [s.index for s in splits] == list(range(len(splits)))
     for m in files:
         own = [s for s in splits if s.member == m.name]
@@ -235,9 +237,9 @@ def test_binary_files_split_into_record_aligned_ranges(partitions: int | None, m
 def test_a_partial_binary_record_is_refused_before_spark_starts() -> None:
     layout = LAYOUTS["cifar10-binary"]
     with pytest.raises(InputError, match="not a whole number of 3073-byte records"):
-        pre.plan_splits(members("binary", [3073 * 4 + 10]), layout)
+        pre.plan_ranges(members("binary", [3073 * 4 + 10]), layout)
     with pytest.raises(InputError, match="holds no images"):
-        pre.plan_splits(members("binary", [0]), layout)
+        pre.plan_ranges(members("binary", [0]), layout)
 
 
 def test_val_count_rounds_half_up() -> None:
@@ -649,7 +651,7 @@ def test_a_failing_run_removes_only_its_own_attempt(
         assert len(list(out.glob("_attempt-*/*/part-*.parquet"))) > 1  # this run's shards were written
         raise JobError("pass 2 went wrong", "test")
 
-    monkeypatch.setattr(pre, "assemble", fail)
+    monkeypatch.setattr(preprocess_job, "assemble", fail)
     with pytest.raises(JobError, match="pass 2 went wrong"):
         pre.preprocess(fresh_raw, str(out), store=store)
     assert all(path.read_bytes() == b"another run's" for path in others)
@@ -680,7 +682,7 @@ def test_a_run_that_fails_beside_another_leaves_it_whole(planted: Any, tmp_path:
     _, _, raw = planted
     out = tmp_path / "ds"
     # One core and slow tasks: the write pass takes several waves, so the second run fails in the middle of it.
-    slow = start_preprocess(raw, out, "--master", "local[1]", CIFARFLOW_TASK_DELAY_S="5")
+    slow = start_preprocess(raw, out, "--master", "local[1]", CIFARFLOW_TEST_TASK_DELAY_S="5")
     deadline = time.monotonic() + 300
     while not list(out.glob("**/part-*.parquet")):
         assert slow.poll() is None and time.monotonic() < deadline, slow.communicate()
@@ -839,7 +841,7 @@ def test_a_signal_mid_job_ends_in_one_line_and_no_stack(
     ``kill -9`` while Spark tasks run: the interrupted line or nothing, never py4j's or the JVM's stacks (the JVM
     outlives a SIGKILLed driver for a moment and must not write to the terminal while it dies)."""
     _, _, raw = planted
-    proc = start_preprocess(raw, tmp_path / "ds", CIFARFLOW_TASK_DELAY_S="60")
+    proc = start_preprocess(raw, tmp_path / "ds", CIFARFLOW_TEST_TASK_DELAY_S="60")
     assert proc.stderr is not None
     seen: list[str] = []
     while not any("default parallelism" in line for line in seen):

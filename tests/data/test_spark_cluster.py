@@ -173,7 +173,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 def _preprocess(cluster: Cluster, raw: str, out: Path, delay: float) -> subprocess.Popen[bytes]:
     env = {
         **cluster.env,
-        "CIFARFLOW_TASK_DELAY_S": str(delay),
+        "CIFARFLOW_TEST_TASK_DELAY_S": str(delay),
         # Small executors: two fit this machine beside the driver.
         "PYSPARK_SUBMIT_ARGS": "--conf spark.executor.memory=512m pyspark-shell",
         "CIFARFLOW_SPARK_UI": "0",

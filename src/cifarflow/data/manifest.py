@@ -73,13 +73,22 @@ class ImageSpec(_Model):
     dtype: Literal["uint8"] = "uint8"
 
 
+class Skipped(_Model):
+    """Image files preprocess left out because they cannot be decoded (image folders only)."""
+
+    undecodable: int
+    paths: list[str]  # under the raw folder, sorted
+
+
 class Stats(_Model):
-    """Per-channel mean/std (RGB, pixel values scaled to [0, 1]) over the train split, counts, duplicates."""
+    """Per-channel mean/std (RGB, pixel values scaled to [0, 1]) over the train split, counts, duplicates, and
+    (image folders) the files skipped."""
 
     mean: list[float]
     std: list[float]
     counts: dict[str, list[int]]  # split -> images per class index
     duplicates: dict[str, int] = Field(default_factory=dict)
+    skipped: Skipped | None = None  # absent for CIFAR (its stats.json is unchanged)
 
 
 class Manifest(_Model):
@@ -144,7 +153,7 @@ def write_shard(store: Store, dataset: str, relpath: str, table: pa.Table) -> Fi
 
 def commit(store: Store, dataset: str, manifest: Manifest, stats: Stats) -> str:
     """Write ``stats.json`` then ``_manifest.json`` (the commit). Returns the manifest URL."""
-    stats_data = canonical_json(stats.model_dump(mode="json")).encode()
+    stats_data = canonical_json(stats.model_dump(mode="json", exclude_none=True)).encode()
     store.write_bytes(join(dataset, STATS), stats_data)
     manifest.stats = FileEntry(path=STATS, bytes=len(stats_data), sha256=sha256(stats_data))
     url = join(dataset, MANIFEST)

@@ -43,7 +43,6 @@ SETTINGS_ENV = (
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
     "NO_PROXY",
     "no_proxy",
-    "CIFARFLOW_TASK_DELAY_S",  # test hook: slows every task down (see preprocess)
 )
 # Credentials (and proxies, which may embed some): sent with the tasks only.
 SECRET_ENV = (

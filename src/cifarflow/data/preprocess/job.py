@@ -1,0 +1,226 @@
+"""The Spark job: raw CIFAR files -> a validated, deduplicated, split and normalised Parquet dataset.
+
+Stages (docs/architecture.md draws them):
+
+1. **Plan** (driver): read the raw index that ingest committed and cut the input into input ranges: one per
+   python batch file (a pickle cannot be read from the middle), record-aligned byte ranges of binary files
+   (:mod:`.ranges`). The ranges become a DataFrame of range numbers, one per partition.
+2. **Scan** (tasks, :mod:`.tasks`): read the range through :class:`~cifarflow.storage.Store`, decode it
+   with the vectorised decoders of :mod:`cifarflow.data.cifar`, and return small columns only (id, source
+   split, label, content hash, split key; :mod:`.schema`); no image bytes leave the tasks.
+3. **Plan the split** (Spark SQL over the small columns, :mod:`.plan`): exact duplicates (train duplicates
+   dropped except the lowest id, train images also in test dropped as leakage, test duplicates counted and
+   kept), then per class the ``round(n * val_fraction)`` train images with the smallest (key, id) go to val.
+   Only per-class cut-offs, the counts and the (duplicate-only) dropped ids reach the driver.
+4. **Write** (tasks): re-read the range, drop, assign train/val by the cut-offs, write Parquet shards to
+   names derived from the range number (a retried or speculative attempt writes the same bytes to the same
+   name), and return one small row per shard: checksum, per-class counts, exact per-channel pixel sums.
+5. **Commit** (driver, :mod:`.commit`): combine the sums into mean/std, remove stray files, write ``stats.json``
+   and then ``_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cifarflow.data import manifest as mf
+from cifarflow.data import spark as sparkmod
+from cifarflow.data.cifar import label_names
+from cifarflow.data.preprocess.commit import (
+    assemble,
+    check_destination,
+    check_writable,
+    commit,
+    remove_attempt,
+    user_error,
+)
+from cifarflow.data.preprocess.plan import annotate, plan_split
+from cifarflow.data.preprocess.ranges import CifarInput, InputRange, cifar_input, plan_ranges, refuse_dataset
+from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, spark_schema
+from cifarflow.data.preprocess.tasks import TaskContext, scan_task, test_delay, write_task
+from cifarflow.errors import CifarflowError, InputError
+from cifarflow.storage import Store, join, normalize, redact
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+# Bump when a change to this job changes what it writes for the same input: it is part of the dataset id.
+RECIPE = "cifarflow.preprocess/v1"
+
+
+@dataclass
+class PreprocessResult:
+    dataset_id: str
+    dataset_url: str
+    manifest_url: str
+    reused: bool
+    counts: dict[str, int]  # rows per split
+    duplicates: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def read_source(store: Store, raw_url: str) -> CifarInput:
+    """Read ingest's commit marker and turn it into the planner's view."""
+    raw_url = normalize(raw_url).rstrip("/")
+    refuse_dataset(store, raw_url)
+    return cifar_input(store, raw_url)
+
+
+def parameters(source: CifarInput, val_fraction: float, seed: int) -> dict[str, Any]:
+    """What the dataset id depends on besides the raw checksum (not --partitions: it changes no row)."""
+    return {"recipe": RECIPE, "layout": source.layout.name, "val_fraction": val_fraction, "seed": seed}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One preprocess run, as decided on the driver before Spark starts."""
+
+    store: Store
+    source: CifarInput
+    ranges: list[InputRange]
+    dataset_id: str
+    dataset_url: str
+    out_url: str  # the datasets root
+    staging_url: str  # this attempt's own folder: its tasks write here, and only it is removed on failure
+    parameters: dict[str, Any]
+    class_names: list[str]
+    val_fraction: float
+    seed: int
+    image: mf.ImageSpec = field(default_factory=mf.ImageSpec)  # what the shards hold
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+
+def preprocess(
+    raw: str,
+    out: str,
+    *,
+    master: str | None = None,
+    partitions: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    store: Store,
+) -> PreprocessResult:
+    """Turn ingest's raw folder into a committed dataset under ``OUT/<dataset-id>/`` (module docstring)."""
+    started = time.monotonic()
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"val fraction {val_fraction} is outside [0, 1)", "pass a --val-fraction below 1")
+    if partitions is not None and partitions < 1:
+        raise InputError(f"--partitions {partitions} must be at least 1", "leave it out or pass 1 or more")
+    sparkmod.check_master(master)
+    out = normalize(out).rstrip("/")
+    source = read_source(store, raw)
+    params = parameters(source, val_fraction, seed)
+    ds_id = mf.dataset_id(source.checksum, params)
+    dataset_url = join(out, ds_id)
+    store.check_reachable(out)
+    if check_destination(store, out, dataset_url, ds_id, params):
+        existing, base = mf.load(store, dataset_url)
+        stats = mf.load_stats(store, existing, base)
+        log.info("dataset %s is already committed at %s: nothing to do", ds_id, redact(dataset_url))
+        counts = {name: s.rows for name, s in existing.splits.items()}
+        manifest_url = join(dataset_url, mf.MANIFEST)
+        return PreprocessResult(
+            ds_id, dataset_url, manifest_url, True, counts, dict(stats.duplicates), time.monotonic() - started
+        )
+    # Concurrent runs of the same input share OUT/<id>/; each writes under its own attempt folder until commit.
+    staging = join(out, f"_attempt-{ds_id}-{uuid.uuid4().hex[:12]}")
+    job = Job(
+        store=store,
+        source=source,
+        ranges=plan_ranges(source.files, source.layout, partitions),
+        dataset_id=ds_id,
+        dataset_url=dataset_url,
+        out_url=out,
+        staging_url=staging,
+        parameters=params,
+        class_names=label_names(store.read_bytes(source.meta_url), source.layout),
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    log.info(
+        "preprocessing %s (%s, %d files, %.1f MB) into %s: %d input ranges",
+        redact(source.raw_url),
+        source.layout.name,
+        len(source.files),
+        sum(m.bytes for m in source.files) / 1e6,
+        redact(dataset_url),
+        len(job.ranges),
+    )
+    try:
+        check_writable(store, out, staging)
+        with sparkmod.session(master, app_name=f"cifarflow-preprocess-{ds_id}") as spark:
+            manifest, stats = run_job(spark, job)
+        manifest_url = commit(job, manifest, stats)
+    except Exception as exc:
+        if not isinstance(exc, CifarflowError):
+            raise user_error(exc) from None
+        raise
+    finally:
+        remove_attempt(store, staging)
+    counts = {name: s.rows for name, s in manifest.splits.items()}
+    seconds = time.monotonic() - started
+    log.info(
+        "committed %s: train %d, val %d, test %d images; duplicates %s (%.1f s)",
+        ds_id,
+        counts["train"],
+        counts["val"],
+        counts["test"],
+        stats.duplicates,
+        seconds,
+    )
+    return PreprocessResult(ds_id, dataset_url, manifest_url, False, counts, dict(stats.duplicates), seconds)
+
+
+def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
+    """Passes 1 and 2 on ``spark``; returns the manifest and stats to commit (nothing is committed here)."""
+    from pyspark import StorageLevel
+
+    from cifarflow.data.spark import StageProgress
+
+    ctx = TaskContext(
+        tuple(job.ranges), job.seed, job.store, job.num_classes, job.source.layout.name, delay_s=test_delay()
+    )
+    inputs = spark.range(0, len(job.ranges), 1, len(job.ranges))  # one range number per partition
+
+    # Pass 1: small columns only; cached because three queries read them.
+    clock = time.monotonic()
+    scan = inputs.mapInArrow(functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW))
+    annotated = annotate(scan).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
+            plan = plan_split(annotated, job.val_fraction, job.num_classes)
+    finally:
+        # Blocking: a release still in flight when the session stops makes Spark print a stack trace.
+        annotated.unpersist(blocking=True)
+    log.info(
+        "pass 1: %d train images kept, %d test; duplicates %s; val cut-offs for %d classes (%.1f s)",
+        sum(plan.train_kept.values()),
+        sum(plan.test.values()),
+        plan.duplicates,
+        len(plan.cutoffs.keys),
+        time.monotonic() - clock,
+    )
+
+    # Pass 2: tasks write their shards and return one small row each.
+    clock = time.monotonic()
+    dropped = spark.sparkContext.broadcast(plan.dropped)
+    try:
+        task = functools.partial(
+            write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs
+        )
+        with StageProgress(spark, "pass 2/2: split and write shards"):
+            rows = inputs.mapInArrow(task, spark_schema(SHARD_ARROW)).collect()
+    finally:
+        dropped.destroy(blocking=True)
+    log.info("pass 2: %d shards written (%.1f s)", len(rows), time.monotonic() - clock)
+    return assemble(job, rows, plan)

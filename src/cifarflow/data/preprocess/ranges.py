@@ -1,0 +1,172 @@
+"""The CIFAR input as the planner sees it: the data files ingest landed, cut into input ranges (one Spark task
+each), and how a task reads and decodes its range.
+
+A python batch file is one range (a pickle cannot be read from the middle); a binary file is cut into
+record-aligned byte ranges of about :data:`RANGE_BYTES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cifarflow.data import manifest as mf
+from cifarflow.data.cifar import LAYOUTS, Batch, Layout, decode_binary, decode_python
+from cifarflow.errors import InputError
+from cifarflow.storage import Store, join, redact
+
+log = logging.getLogger(__name__)
+
+# Input files are cut into ranges of about this size when --partitions is not given. It depends on the data
+# only, not on the cluster: the same input gives the same shards (and manifest) on a laptop and a cluster.
+RANGE_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One data file of the raw folder, as the planner needs it."""
+
+    name: str  # short member name used in row ids, e.g. data_batch_1
+    url: str
+    split: str  # train | test
+    bytes: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """One task's work: a whole python batch file, or a record-aligned byte range of a binary file."""
+
+    index: int
+    member: str
+    url: str
+    split: str
+    offset: int
+    length: int
+    first_index: int  # record number of the first image (row ids count from it)
+    sha256: str | None = None  # whole-file checksum, checked when the range is the whole file
+
+
+def plan_ranges(files: list[InputFile], layout: Layout, partitions: int | None = None) -> list[InputRange]:
+    """Cut the data files into input ranges (module docstring); ``partitions`` asks for about that many."""
+    if layout.kind == "python":
+        if partitions:
+            log.debug("--partitions is ignored for python batches: a pickle is read by one task")
+        return [InputRange(i, m.name, m.url, m.split, 0, m.bytes, 0, m.sha256) for i, m in enumerate(files)]
+    size = layout.record_bytes
+    total = sum(m.bytes for m in files)
+    out: list[InputRange] = []
+    for m in files:
+        if m.bytes % size:
+            raise InputError(
+                f"{m.name}: {m.bytes} bytes is not a whole number of {size}-byte records "
+                "(truncated or wrong variant)",
+                "fetch the archive again and re-run `cifarflow ingest`",
+            )
+        records = m.bytes // size
+        if records == 0:
+            raise InputError(f"{m.name}: holds no images", "the archive is empty or truncated")
+        wanted = round(partitions * m.bytes / total) if partitions else math.ceil(m.bytes / RANGE_BYTES)
+        pieces = min(max(1, wanted), records)
+        bounds = [records * i // pieces for i in range(pieces + 1)]
+        checksum = m.sha256 if pieces == 1 else None
+        for a, b in itertools.pairwise(bounds):
+            out.append(InputRange(len(out), m.name, m.url, m.split, a * size, (b - a) * size, a, checksum))
+    return out
+
+
+@dataclass(frozen=True)
+class CifarInput:
+    """An ingested CIFAR archive as the driver sees it."""
+
+    raw_url: str
+    layout: Layout
+    checksum: str
+    description: dict[str, Any]
+    files: list[InputFile]
+    meta_url: str
+    kind: Literal["cifar"] = "cifar"
+
+    @property
+    def num_classes(self) -> int:
+        return self.layout.num_classes
+
+
+def cifar_input(store: Store, raw_url: str) -> CifarInput:
+    """Turn ingest's CIFAR marker into the planner's view."""
+    from cifarflow.data.ingest import load_raw
+
+    index = load_raw(store, raw_url)
+    layout = LAYOUTS[index.layout]
+    files = [
+        InputFile(m.path, index.url(raw_url, m), m.split, m.bytes, m.sha256)
+        for m in index.members
+        if m.split in ("train", "test")
+    ]
+    meta = [m for m in index.members if m.path == layout.meta]
+    for split in ("train", "test"):
+        if not any(m.split == split for m in files):
+            raise InputError(
+                f"{redact(raw_url)} holds no {split} files",
+                "the archive is empty or not a whole CIFAR archive",
+            )
+    if not meta:
+        raise InputError(f"{redact(raw_url)} has no {layout.meta}", "re-run `cifarflow ingest`")
+    description = {
+        "raw": redact(raw_url),
+        "layout": layout.name,
+        "archive": index.archive.source,
+        "archive_md5": index.archive.md5,
+        "archive_sha256": index.archive.sha256,
+        "archive_bytes": index.archive.bytes,
+    }
+    # Train files first, then test, each in the index's (archive) order: this fixes the shard numbers.
+    files.sort(key=lambda m: 0 if m.split == "train" else 1)
+    meta_url = index.url(raw_url, meta[0])
+    return CifarInput(raw_url, layout, index.archive.sha256, description, files, meta_url)
+
+
+def read_range(store: Store, layout: Layout, part: InputRange) -> Batch:
+    """Read and decode one input range (whole pickle, or a byte range of binary records)."""
+    try:
+        if layout.kind == "python":
+            data = store.read_bytes(part.url)
+        else:
+            with store.open(part.url, "rb", cache_type="none") as handle:
+                handle.seek(part.offset)
+                data = handle.read(part.length)
+    except FileNotFoundError as exc:
+        raise missing(part.url) from exc
+    if len(data) != part.length or (part.sha256 and hashlib.sha256(data).hexdigest() != part.sha256):
+        raise changed(part.url)
+    if layout.kind == "python":
+        return decode_python(data, layout, part.member)
+    return decode_binary(data, layout, part.member, part.first_index)
+
+
+def missing(url: str) -> InputError:
+    return InputError(
+        f"raw file {redact(url)} is missing",
+        "re-run the same `cifarflow ingest --source ... --dest ...`: it lands missing files again",
+    )
+
+
+def changed(url: str) -> InputError:
+    return InputError(
+        f"raw file {redact(url)} does not match what ingest recorded (changed or truncated)",
+        "re-run `cifarflow ingest` into a fresh folder",
+    )
+
+
+def refuse_dataset(store: Store, raw_url: str) -> None:
+    """A dataset folder passed as --raw is a common slip: say what it is."""
+    if store.exists(join(raw_url, mf.MANIFEST)) or raw_url.endswith("/" + mf.MANIFEST):
+        raise InputError(
+            f"--raw {redact(raw_url)} is a dataset that `cifarflow preprocess` wrote, not ingest's raw folder",
+            "pass --raw DEST/raw (the folder `cifarflow ingest --dest DEST` wrote); "
+            "train on this dataset with `cifarflow train --data` instead",
+        )

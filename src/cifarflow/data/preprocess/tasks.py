@@ -1,0 +1,197 @@
+"""What runs on the executors: read a range, hash it (pass 1), split and write it (pass 2).
+
+Tasks take a :class:`TaskContext` (small, pickled into their closures) and one range number per input row; they
+return small Arrow rows only (:mod:`.schema`), never image bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cifarflow.data import manifest as mf
+from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, Layout
+from cifarflow.data.preprocess.keys import HASH_BYTES, Cutoffs, channel_moments, content_hashes, split_keys
+from cifarflow.data.preprocess.ranges import InputRange, read_range
+from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, shard_table
+from cifarflow.errors import CifarflowError, marked
+from cifarflow.storage import Store
+
+# Images per Parquet shard at CIFAR's size (~30 MB); larger images get proportionally fewer (shard_rows).
+SHARD_ROWS = 10_000
+# Fault injection for tests only: every task sleeps this long before reading (interruption and concurrency
+# tests need tasks that are still running). Read once on the driver, so production reads never look at it.
+TEST_DELAY_ENV = "CIFARFLOW_TEST_TASK_DELAY_S"
+# Flat image folders: the seed of the test carve is the split seed mixed with this (independent of val's keys).
+CARVE_SALT = 0x7E57
+
+
+def test_delay() -> float:
+    """The test-only task delay (:data:`TEST_DELAY_ENV`), 0 when unset."""
+    return float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every task needs; pickled into the task closures (small)."""
+
+    ranges: tuple[Any, ...]  # InputRange (CIFAR) or ImageRange (image folders), by range number
+    seed: int
+    store: Store
+    num_classes: int
+    layout_name: str = ""  # CIFAR: the layout of the raw files
+    image: Any = None  # image folders: an ImageSettings (decode size, strictness, layout)
+    delay_s: float = 0.0  # test-only fault injection (TEST_DELAY_ENV)
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.layout_name]
+
+
+@dataclass
+class Rows:
+    """A range's decoded images, uniformly for CIFAR and image folders."""
+
+    ids: np.ndarray  # str: "member:record", unique in the dataset
+    positions: np.ndarray  # int64 record numbers within the member (what pass 1's dropped lists name)
+    src: np.ndarray  # str: train | test (where the raw input put the image)
+    labels: np.ndarray  # int32
+    images: np.ndarray  # (n, image bytes) uint8, HWC
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def cifar_rows(ctx: TaskContext, part: InputRange) -> Rows:
+    batch = read_range(ctx.store, ctx.layout, part)
+    n = len(batch)
+    return Rows(
+        ids=np.array(batch.ids()),
+        positions=np.arange(part.first_index, part.first_index + n, dtype=np.int64),
+        src=np.full(n, part.split),
+        labels=batch.labels,
+        images=batch.images,
+    )
+
+
+def read_rows(ctx: TaskContext, part: Any) -> Rows:
+    """The decoded images of one range (image folders: undecodable files left out)."""
+    if ctx.delay_s > 0:
+        time.sleep(ctx.delay_s)
+    if ctx.image is not None:
+        from cifarflow.data.preprocess.folders import image_rows
+
+        return image_rows(ctx, part)
+    return cifar_rows(ctx, part)
+
+
+def guarded(body: Callable[..., Iterator[pa.RecordBatch]]) -> Callable[..., Iterator[pa.RecordBatch]]:
+    """Run ``body`` for each range number in the task's input; carry cifarflow errors through Spark."""
+
+    @functools.wraps(body)
+    def task(batches: Iterator[pa.RecordBatch], ctx: TaskContext, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in batches:
+                for index in batch.column(0).to_pylist():
+                    yield from body(ctx, ctx.ranges[index], **kwargs)
+        except CifarflowError as exc:
+            raise RuntimeError(marked(exc)) from None
+
+    return task
+
+
+def hash_column(hashes: np.ndarray) -> pa.Array:
+    n = hashes.shape[0]
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), n, [None, pa.py_buffer(hashes)]).cast(
+        pa.binary()
+    )
+
+
+def scan_columns(
+    ids: list[str], src: list[str], labels: Any, hashes: np.ndarray, seed: int
+) -> list[pa.Array]:
+    """Pass 1's columns (:data:`~.schema.SCAN_ARROW`, in order)."""
+    return [
+        pa.array(ids, pa.string()),
+        pa.array(src, pa.string()),
+        pa.array(labels, pa.int32()),
+        hash_column(hashes),
+        pa.array(split_keys(hashes, seed), pa.int64()),
+    ]
+
+
+@guarded
+def scan_task(ctx: TaskContext, part: Any) -> Iterator[pa.RecordBatch]:
+    rows = read_rows(ctx, part)
+    hashes = content_hashes(rows.images)
+    columns = scan_columns(rows.ids.tolist(), rows.src.tolist(), rows.labels, hashes, ctx.seed)
+    yield pa.RecordBatch.from_arrays(columns, schema=SCAN_ARROW)
+
+
+def shard_rows(image_bytes: int) -> int:
+    """Images per shard: :data:`SHARD_ROWS` at CIFAR's size, the same ~30 MB for any other."""
+    return max(1, SHARD_ROWS * IMAGE_BYTES // max(1, image_bytes))
+
+
+def assign(
+    ctx: TaskContext, rows: Rows, keep: np.ndarray, cuts: Cutoffs, carve: Cutoffs | None
+) -> dict[str, Any]:
+    """Which kept rows go to train, val and test: test as the input says (or, for a flat folder, the rows
+    below the test carve's cut-offs), then val by the val cut-offs among the rest."""
+    test = rows.src == "test"
+    train = ~test
+    val = np.zeros(len(rows), dtype=bool)
+    if train.any():
+        hashes = content_hashes(rows.images)
+        if carve is not None:
+            carved = train & carve.val_mask(
+                rows.labels, split_keys(hashes, ctx.seed ^ CARVE_SALT), rows.ids, ctx.num_classes
+            )
+            test, train = test | carved, train & ~carved
+        val = train & cuts.val_mask(rows.labels, split_keys(hashes, ctx.seed), rows.ids, ctx.num_classes)
+    return {"train": keep & train & ~val, "val": keep & val, "test": keep & test}
+
+
+def _write_task(
+    ctx: TaskContext, part: Any, *, dataset: str, dropped: Any, cutoffs: Cutoffs, carve: Cutoffs | None = None
+) -> Iterator[pa.RecordBatch]:
+    rows = read_rows(ctx, part)
+    keep = np.ones(len(rows), dtype=bool)
+    gone = dropped.value.get(part.member)
+    if gone is not None:
+        keep &= ~np.isin(rows.positions, gone)
+    per_shard = shard_rows(rows.images.shape[1] if len(rows) else IMAGE_BYTES)
+    for name, mask in assign(ctx, rows, keep, cutoffs, carve).items():
+        chosen = np.flatnonzero(mask)
+        for chunk, start in enumerate(range(0, len(chosen), per_shard)):
+            take = chosen[start : start + per_shard]
+            images, labels = rows.images[take], rows.labels[take]
+            relpath = f"{name}/part-{part.index:05d}-{chunk:03d}.parquet"
+            entry = mf.write_shard(ctx.store, dataset, relpath, shard_table(rows.ids[take], labels, images))
+            sums, squares = channel_moments(images) if name == "train" else ([0, 0, 0], [0, 0, 0])
+            counts = np.bincount(labels, minlength=ctx.num_classes).tolist()
+            yield pa.RecordBatch.from_pylist(
+                [
+                    {
+                        "split": name,
+                        "path": relpath,
+                        "rows": entry.rows,
+                        "bytes": entry.bytes,
+                        "sha256": entry.sha256,
+                        "counts": counts,
+                        "sums": sums,
+                        "squares": squares,
+                    }
+                ],
+                schema=SHARD_ARROW,
+            )
+
+
+write_task = guarded(_write_task)
