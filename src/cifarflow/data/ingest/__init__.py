@@ -239,10 +239,17 @@ def _land(
                 f"md5 mismatch for {src.shown}: expected {expected}, got {got} (corrupt, or another archive)",
                 "fetch the archive again, or pass the right --md5",
             )
+        assert landing is not None
+        landing.settle()  # every member is in place before the commit
     except InputError:
         # Bad input: leave nothing behind. Crashes and storage failures keep their work for the rerun.
         if landing is not None:
             landing.undo()
+        raise
+    except BaseException:
+        if landing is not None:
+            with contextlib.suppress(BaseException):
+                landing.settle()  # no upload outlives the run (the first failure is the one raised)
         raise
 
     assert landing is not None

@@ -3,12 +3,14 @@ local spool folders runs use."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cifarflow.data.ingest.marker import DONE, LandedMember
@@ -16,6 +18,10 @@ from cifarflow.storage import TMP_INFIX, Store, basename, join
 
 log = logging.getLogger(__name__)
 
+# Members uploading to a bucket at once, and the bytes they may hold (one member more when it alone is larger).
+UPLOADS = 4
+UPLOAD_BYTES = 256 << 20
+_UPLOADER = ThreadPoolExecutor(max_workers=UPLOADS, thread_name_prefix="cifarflow-upload")
 SPOOL_PREFIX = "cifarflow-ingest-"  # + "<pid>-": a spool left by a killed run is removed by the next run
 
 
@@ -28,6 +34,8 @@ class Landing:
     done: dict[str, LandedMember] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     landed: int = 0
+    _uploads: collections.deque[tuple[int, Future[None]]] = field(default_factory=collections.deque)
+    _held: int = 0  # bytes of the members queued or uploading
 
     def load_done(self) -> None:
         for url in self.store.list(join(self.folder_url, DONE)):
@@ -45,20 +53,56 @@ class Landing:
             return False
 
     def land(self, member: LandedMember, data: bytes | None = None, local_path: str | None = None) -> None:
-        """Write a validated member, then its completion record (a crash between the two costs a redo)."""
+        """Write a validated member, then its completion record (a crash between the two costs a redo).
+
+        Into a bucket the write runs on a thread of its own, so that the next member is read and validated
+        while this one uploads; :meth:`settle` waits for them all. A local disk is written in order, here.
+        """
         if self.already(member):
             log.debug("%s already landed", member.path)
+            if local_path is not None:
+                os.remove(local_path)
             return
         url = join(self.folder_url, member.path)
-        self.written.append(url)
+        record = join(self.folder_url, DONE, member.path + ".json")
+        self.written += [url, record]
+        self.landed += 1
+        if self.folder_url.startswith("file://"):
+            self._write(member, url, record, data, local_path)
+            return
+        # Bounded: a queued member is held in memory (or in the local spool) until its upload ends.
+        while self._uploads and (len(self._uploads) >= UPLOADS or self._held + member.bytes > UPLOAD_BYTES):
+            self._wait_oldest()
+        self._uploads.append(
+            (member.bytes, _UPLOADER.submit(self._write, member, url, record, data, local_path))
+        )
+        self._held += member.bytes
+
+    def _write(
+        self, member: LandedMember, url: str, record: str, data: bytes | None, local_path: str | None
+    ) -> None:
         if local_path is not None:
             self.store.put_file(local_path, url)
+            os.remove(local_path)  # the spool holds the members in flight, not the archive
         else:
             self.store.write_bytes(url, data or b"")
-        record = join(self.folder_url, DONE, member.path + ".json")
-        self.written.append(record)
         self.store.write_text(record, member.model_dump_json())
-        self.landed += 1
+
+    def _wait_oldest(self) -> None:
+        size, future = self._uploads.popleft()
+        self._held -= size
+        future.result()
+
+    def settle(self) -> None:
+        """Wait for every upload in flight; the first failure is raised (after the others have ended)."""
+        failure: BaseException | None = None
+        while self._uploads:
+            try:
+                self._wait_oldest()
+            except BaseException as exc:  # re-raised below, once nothing runs any more
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def remove_stale_tmp(self) -> None:
         """Local atomic writes cut short by SIGKILL leave ``<member>.tmp-<uuid>``; the commit removes them."""
@@ -70,6 +114,8 @@ class Landing:
                     self.store.remove(url)
 
     def undo(self) -> None:
+        with contextlib.suppress(BaseException):
+            self.settle()  # nothing may still be writing what is removed
         for url in reversed(self.written):
             with contextlib.suppress(Exception):
                 self.store.remove(url)

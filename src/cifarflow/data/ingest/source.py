@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import io
@@ -10,6 +11,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -27,6 +29,9 @@ OFFICIAL = {
 # Fail fast when there is no network; the same limit bounds each read, so a stalled download does not hang.
 HTTP_TIMEOUT = 15.0
 CHUNK = 1 << 20  # bytes per read from the source
+HASH_AHEAD = 8  # reads handed to the hashing thread and not yet hashed, at most
+# One thread for every reader: its FIFO order keeps each reader's updates in order.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifarflow-hash")
 
 
 @dataclass(frozen=True)
@@ -134,14 +139,33 @@ class SourceFailed(StorageError):
 
 
 class HashingReader(io.RawIOBase):
-    """Counts and hashes every byte read through it; source read failures are tagged for the error message."""
+    """Counts and hashes every byte read through it; source read failures are tagged for the error message.
 
-    def __init__(self, raw: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> None:
+    md5 and sha256 run on a helper thread (hashlib releases the GIL on large buffers), so on a machine with a
+    second core they overlap the decompression and validation that consume the bytes; read :attr:`md5` and
+    :attr:`sha256` only after the last read.
+    """
+
+    def __init__(
+        self, raw: IO[bytes], on_bytes: Callable[[int], None] | None = None, *, sha256: bool = True
+    ) -> None:
         self._raw = raw
         self._on_bytes = on_bytes
-        self.md5 = hashlib.md5()
-        self.sha256 = hashlib.sha256()
+        self._md5 = hashlib.md5()
+        self._sha256 = hashlib.sha256()
+        self._hashes = (self._md5, self._sha256) if sha256 else (self._md5,)
+        self._pending: collections.deque[Future[None]] = collections.deque()
         self.bytes = 0
+
+    @property
+    def md5(self) -> Any:
+        self._settle(0)
+        return self._md5
+
+    @property
+    def sha256(self) -> Any:
+        self._settle(0)
+        return self._sha256
 
     def readable(self) -> bool:
         return True
@@ -154,12 +178,16 @@ class HashingReader(io.RawIOBase):
         n = len(data)
         b[:n] = data
         if n:
-            self.md5.update(data)
-            self.sha256.update(data)
+            self._settle(HASH_AHEAD - 1)  # bounds the bytes held for hashing (memory) to a few reads
+            self._pending.append(_HASHER.submit(_update, self._hashes, bytes(data)))
             self.bytes += n
             if self._on_bytes is not None:
                 self._on_bytes(n)
         return n
+
+    def _settle(self, keep: int) -> None:
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
 
     def drain(self) -> None:
         """Read to the end: the checksums must cover what follows the tar's end blocks (gzip trailer)."""
@@ -168,15 +196,21 @@ class HashingReader(io.RawIOBase):
             pass
 
 
+def _update(hashes: tuple[Any, ...], data: bytes) -> None:
+    for h in hashes:
+        h.update(data)
+
+
 def hash_stream(stream: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
-    reader = HashingReader(stream, on_bytes)
+    """The md5 alone (it names the landed folder): the landing pass computes both sums again anyway."""
+    reader = HashingReader(stream, on_bytes, sha256=False)
     reader.drain()
     return reader.md5.hexdigest(), reader.bytes
 
 
 def spool(stream: IO[bytes], path: str, on_bytes: Callable[[int], None]) -> tuple[str, int]:
     """Copy the source to the local file ``path`` (one download, not two); returns its md5 and size."""
-    reader = HashingReader(stream, on_bytes)
+    reader = HashingReader(stream, on_bytes, sha256=False)
     buf = bytearray(CHUNK)
     with open(path, "wb") as out:
         while n := _read_source(reader, buf):

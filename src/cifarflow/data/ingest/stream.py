@@ -87,7 +87,7 @@ def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: s
     size = layout.record_bytes
     sha = hashlib.sha256()
     rows = total = 0
-    spool = os.path.join(tmpdir, "member")
+    spool = os.path.join(tmpdir, f"member-{entry.rel}")  # one per member: several may be uploading
     with translate("file://" + spool), open(spool, "wb") as out:  # TMPDIR full: one line, not OSError
         pending = b""
         while chunk := entry.handle.read(size * RECORDS_PER_CHUNK):
