@@ -73,6 +73,15 @@ class PreprocessConfig(BaseModel):
     partitions: int | None = Field(
         default=None, ge=1, description="Read tasks (binary records split to this; default: one per file)."
     )
+    image_size: int | None = Field(
+        default=None,
+        ge=8,
+        le=1024,
+        description="Image folders: resize to NxN (shorter side, centre crop); default: their one size.",
+    )
+    strict: bool = Field(
+        default=False, description="Image folders: stop at an undecodable file, not skip it."
+    )
 
 
 class PromoteConfig(BaseModel):

@@ -41,6 +41,8 @@ class LocalBackend(Backend):
             partitions=params.partitions,
             val_fraction=params.val_fraction,
             seed=params.seed,
+            image_size=params.image_size,
+            strict=params.strict,
             store=self.store,
         )
         return PreprocessResult(outputs={"dataset": result.dataset_id, "manifest": result.manifest_url})

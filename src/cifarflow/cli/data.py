@@ -151,6 +151,8 @@ def preprocess(
     partitions: Annotated[int | None, preprocess_option("partitions")] = PREPROCESS["partitions"],
     val_fraction: Annotated[float, preprocess_option("val_fraction")] = PREPROCESS["val_fraction"],
     seed: Annotated[int, preprocess_option("seed")] = PREPROCESS["seed"],
+    image_size: Annotated[int | None, preprocess_option("image_size")] = PREPROCESS["image_size"],
+    strict: Annotated[bool, preprocess_option("strict")] = PREPROCESS["strict"],
     backend: Annotated[
         BackendChoice, typer.Option("--backend", help="local: run Spark here; k8s: a SparkApplication.")
     ] = "local",
@@ -160,6 +162,15 @@ def preprocess(
     from cifarflow.backends import PreprocessRequest, get_backend
     from cifarflow.config import parse
 
-    params = parse(PreprocessConfig, {"val_fraction": val_fraction, "seed": seed, "partitions": partitions})
+    params = parse(
+        PreprocessConfig,
+        {
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "partitions": partitions,
+            "image_size": image_size,
+            "strict": strict,
+        },
+    )
     chosen = get_backend(str(backend), store=make_store(s3_endpoint))
     print_result(chosen.preprocess(PreprocessRequest(raw, out_url, params, master=master)))

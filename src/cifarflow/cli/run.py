@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cifarflow.cli.common import S3Endpoint, app, make_store, out
+from cifarflow.cli.common import S3Endpoint, app, field_option, make_store, out
 from cifarflow.cli.train import DEFAULTS, BatchSize, Epochs, Model, print_scores, train_with
+from cifarflow.config import PreprocessConfig, parse
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,11 @@ RUN_EPOCHS = 10  # a laptop-sized default: ResNet-20 on CPU, minutes per epoch o
 def run(
     *,
     source: Annotated[
-        str, typer.Option("--source", help="cifar10, cifar100, a URL or a path to a CIFAR tarball.")
+        str,
+        typer.Option(
+            "--source",
+            help="cifar10, cifar100, a CIFAR tarball, or an image folder or archive (path, URL, bucket).",
+        ),
     ] = "cifar10",
     workdir: Annotated[
         str, typer.Option("--workdir", help="Local folder or bucket URL for every step.")
@@ -37,6 +42,7 @@ def run(
             help="Name of the model folder under WORKDIR/models/<dataset>/ (default: model and settings hash).",
         ),
     ] = None,
+    image_size: Annotated[int | None, field_option(PreprocessConfig, "image_size")] = None,
     serve: Annotated[
         bool, typer.Option("--serve", help="Then serve the champion (V2 protocol, port 8080) until Ctrl-C.")
     ] = False,
@@ -48,7 +54,6 @@ def run(
     its last checkpoint. A run is named by its settings: other settings train into their own folder.
     """
     from cifarflow.backends import PreprocessRequest, get_backend
-    from cifarflow.config import PreprocessConfig
     from cifarflow.data.ingest import ingest
     from cifarflow.layout import Workdir
     from cifarflow.train import runs
@@ -57,12 +62,13 @@ def run(
 
     if run_name:
         runs.check_run_name(run_name)  # before minutes of ingest and Spark
+    # The other preprocess parameters keep their defaults, as `cifarflow preprocess` and the pipeline have them.
+    params = parse(PreprocessConfig, {"image_size": image_size})
     store = make_store(s3_endpoint)
     where = Workdir.at(workdir)
     landed = ingest(source, where.ingest_dest, store=store)
     out(f"raw: {landed.raw_url}")
-    # The preprocess parameters' defaults, as `cifarflow preprocess` and the pipeline have them.
-    request = PreprocessRequest(landed.raw_url, where.datasets, PreprocessConfig(), master=master)
+    request = PreprocessRequest(landed.raw_url, where.datasets, params, master=master)
     dataset_id = get_backend("local", store=store).preprocess(request).outputs["dataset"]
     dataset_url = where.dataset(dataset_id)
     out(f"dataset: {dataset_url}")

@@ -13,7 +13,8 @@ over the train files first, then the test files, so test numbers continue where 
 of at most ``SHARD_ROWS`` images it wrote from that range. Train and val shards of one range share its number.
 
 Every shard has the schema :data:`SCHEMA`: ``id`` (string, unique within the dataset), ``label`` (int32) and
-``image`` (3072 uint8 bytes, 32x32x3 in HWC order).
+``image`` (height x width x 3 uint8 bytes in HWC order, raw: the manifest's ``image`` gives the size and
+``encoding``; 32x32x3 for CIFAR).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class ImageSpec(_Model):
     channels: int = 3
     layout: Literal["HWC"] = "HWC"
     dtype: Literal["uint8"] = "uint8"
+    # How the ``image`` column holds it: raw HWC bytes at every size (docs/benchmarks.md, "Dataset storage").
+    encoding: Literal["raw"] = "raw"
 
 
 class Skipped(_Model):

@@ -25,7 +25,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cifarflow.data import manifest as mf
@@ -39,15 +39,30 @@ from cifarflow.data.preprocess.commit import (
     remove_attempt,
     user_error,
 )
-from cifarflow.data.preprocess.plan import annotate, plan_split
-from cifarflow.data.preprocess.ranges import CifarInput, InputRange, cifar_input, plan_ranges, refuse_dataset
+from cifarflow.data.preprocess.folders import (
+    FLAT_TEST_FRACTION,
+    IMAGE_SCAN_ARROW,
+    ImageInput,
+    ImageSettings,
+    check_counts,
+    image_input,
+    image_parameters,
+    image_scan_task,
+    image_shape,
+    plan_image_ranges,
+    skipped_files,
+)
+from cifarflow.data.preprocess.keys import Cutoffs
+from cifarflow.data.preprocess.plan import SplitPlan, annotate, carve_test, plan_split
+from cifarflow.data.preprocess.ranges import CifarInput, cifar_input, plan_ranges, refuse_dataset
 from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, spark_schema
 from cifarflow.data.preprocess.tasks import TaskContext, scan_task, test_delay, write_task
+from cifarflow.data.spark import StageProgress
 from cifarflow.errors import CifarflowError, InputError
 from cifarflow.storage import Store, join, normalize, redact
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +81,41 @@ class PreprocessResult:
     seconds: float = 0.0
 
 
-def read_source(store: Store, raw_url: str) -> CifarInput:
-    """Read ingest's commit marker and turn it into the planner's view."""
+RawInput = CifarInput | ImageInput
+
+
+def read_source(store: Store, raw_url: str) -> RawInput:
+    """Read ingest's commit marker (either kind) and turn it into the planner's view."""
+    from cifarflow.data.ingest import read_raw
+
     raw_url = normalize(raw_url).rstrip("/")
     refuse_dataset(store, raw_url)
+    index = read_raw(store, raw_url)
+    if index.kind == "images":
+        return image_input(raw_url, index)
     return cifar_input(store, raw_url)
 
 
-def parameters(source: CifarInput, val_fraction: float, seed: int) -> dict[str, Any]:
+def parameters(
+    source: RawInput, val_fraction: float, seed: int, image_size: int | None = None
+) -> dict[str, Any]:
     """What the dataset id depends on besides the raw checksum (not --partitions: it changes no row)."""
+    if isinstance(source, ImageInput):
+        return image_parameters(source, val_fraction, seed, image_size)
     return {"recipe": RECIPE, "layout": source.layout.name, "val_fraction": val_fraction, "seed": seed}
+
+
+def plan_input(store: Store, source: RawInput, partitions: int | None) -> list[Any]:
+    if isinstance(source, ImageInput):
+        return plan_image_ranges(store, source, partitions)
+    return plan_ranges(source.files, source.layout, partitions)
+
+
+def input_summary(source: RawInput) -> tuple[str, int, int]:
+    """(layout, files, bytes) for the log."""
+    if isinstance(source, ImageInput):
+        return f"images/{source.index.layout}", source.index.images, source.index.bytes
+    return source.layout.name, len(source.files), sum(m.bytes for m in source.files)
 
 
 @dataclass(frozen=True)
@@ -83,8 +123,8 @@ class Job:
     """One preprocess run, as decided on the driver before Spark starts."""
 
     store: Store
-    source: CifarInput
-    ranges: list[InputRange]
+    source: RawInput
+    ranges: list[Any]  # InputRange (CIFAR) or ImageRange
     dataset_id: str
     dataset_url: str
     out_url: str  # the datasets root
@@ -93,7 +133,8 @@ class Job:
     class_names: list[str]
     val_fraction: float
     seed: int
-    image: mf.ImageSpec = field(default_factory=mf.ImageSpec)  # what the shards hold
+    image: mf.ImageSpec = field(default_factory=mf.ImageSpec)  # what the shards hold (images: after pass 1)
+    settings: ImageSettings | None = None  # image folders only
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +149,8 @@ def preprocess(
     partitions: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    image_size: int | None = None,
+    strict: bool = False,
     store: Store,
 ) -> PreprocessResult:
     """Turn ingest's raw folder into a committed dataset under ``OUT/<dataset-id>/`` (module docstring)."""
@@ -119,7 +162,12 @@ def preprocess(
     sparkmod.check_master(master)
     out = normalize(out).rstrip("/")
     source = read_source(store, raw)
-    params = parameters(source, val_fraction, seed)
+    if isinstance(source, CifarInput) and (image_size is not None or strict):
+        raise InputError(
+            f"{redact(source.raw_url)} is a CIFAR archive: --image-size and --strict are for image folders",
+            "drop them (CIFAR images are 32x32 and all decodable)",
+        )
+    params = parameters(source, val_fraction, seed, image_size)
     ds_id = mf.dataset_id(source.checksum, params)
     dataset_url = join(out, ds_id)
     store.check_reachable(out)
@@ -137,22 +185,28 @@ def preprocess(
     job = Job(
         store=store,
         source=source,
-        ranges=plan_ranges(source.files, source.layout, partitions),
+        ranges=plan_input(store, source, partitions),
         dataset_id=ds_id,
         dataset_url=dataset_url,
         out_url=out,
         staging_url=staging,
         parameters=params,
-        class_names=label_names(store.read_bytes(source.meta_url), source.layout),
+        class_names=class_names(store, source),
         val_fraction=val_fraction,
         seed=seed,
+        settings=(
+            ImageSettings(join(source.raw_url, source.index.folder), image_size, strict)
+            if isinstance(source, ImageInput)
+            else None
+        ),
     )
+    layout, files, size = input_summary(source)
     log.info(
         "preprocessing %s (%s, %d files, %.1f MB) into %s: %d input ranges",
         redact(source.raw_url),
-        source.layout.name,
-        len(source.files),
-        sum(m.bytes for m in source.files) / 1e6,
+        layout,
+        files,
+        size / 1e6,
         redact(dataset_url),
         len(job.ranges),
     )
@@ -181,27 +235,25 @@ def preprocess(
     return PreprocessResult(ds_id, dataset_url, manifest_url, False, counts, dict(stats.duplicates), seconds)
 
 
+def class_names(store: Store, source: RawInput) -> list[str]:
+    if isinstance(source, ImageInput):
+        return list(source.index.classes)
+    return label_names(store.read_bytes(source.meta_url), source.layout)
+
+
 def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
     """Passes 1 and 2 on ``spark``; returns the manifest and stats to commit (nothing is committed here)."""
-    from pyspark import StorageLevel
-
-    from cifarflow.data.spark import StageProgress
-
+    layout = job.source.layout.name if isinstance(job.source, CifarInput) else ""
     ctx = TaskContext(
-        tuple(job.ranges), job.seed, job.store, job.num_classes, job.source.layout.name, delay_s=test_delay()
+        tuple(job.ranges), job.seed, job.store, job.num_classes, layout, job.settings, delay_s=test_delay()
     )
     inputs = spark.range(0, len(job.ranges), 1, len(job.ranges))  # one range number per partition
 
-    # Pass 1: small columns only; cached because three queries read them.
     clock = time.monotonic()
-    scan = inputs.mapInArrow(functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW))
-    annotated = annotate(scan).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
-            plan = plan_split(annotated, job.val_fraction, job.num_classes)
-    finally:
-        # Blocking: a release still in flight when the session stops makes Spark print a stack trace.
-        annotated.unpersist(blocking=True)
+    if job.settings is None:
+        plan, carve, image, skipped = cifar_pass_one(spark, ctx, inputs, job), None, job.image, None
+    else:
+        plan, carve, image, skipped = image_pass_one(spark, ctx, inputs, job)
     log.info(
         "pass 1: %d train images kept, %d test; duplicates %s; val cut-offs for %d classes (%.1f s)",
         sum(plan.train_kept.values()),
@@ -216,11 +268,53 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
     dropped = spark.sparkContext.broadcast(plan.dropped)
     try:
         task = functools.partial(
-            write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs
+            write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs, carve=carve
         )
         with StageProgress(spark, "pass 2/2: split and write shards"):
             rows = inputs.mapInArrow(task, spark_schema(SHARD_ARROW)).collect()
     finally:
         dropped.destroy(blocking=True)
     log.info("pass 2: %d shards written (%.1f s)", len(rows), time.monotonic() - clock)
-    return assemble(job, rows, plan)
+    return assemble(replace(job, image=image), rows, plan, skipped)
+
+
+def cifar_pass_one(spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job: Job) -> SplitPlan:
+    """Pass 1 over CIFAR ranges: small columns only; cached because three queries read them."""
+    from pyspark import StorageLevel
+
+    scan = inputs.mapInArrow(functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW))
+    annotated = annotate(scan).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
+            return plan_split(annotated, job.val_fraction, job.num_classes)
+    finally:
+        # Blocking: a release still in flight when the session stops makes Spark print a stack trace.
+        annotated.unpersist(blocking=True)
+
+
+def image_pass_one(
+    spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job: Job
+) -> tuple[SplitPlan, Cutoffs | None, mf.ImageSpec, mf.Skipped | None]:
+    """Pass 1 over image ranges: the CIFAR decisions on the decodable images, after the image-only ones
+    (undecodable files, the size, a flat folder's test carve)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    assert job.settings is not None and isinstance(job.source, ImageInput)
+    scan = inputs.mapInArrow(functools.partial(image_scan_task, ctx=ctx), spark_schema(IMAGE_SCAN_ARROW))
+    scan = scan.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with StageProgress(spark, "pass 1/2: decode, resize, hash, deduplicate"):
+            skipped = skipped_files(scan)
+            good = scan.filter(F.col("broken").isNull()).drop("broken")
+            decodable = job.source.index.images - (skipped.undecodable if skipped else 0)
+            image = image_shape(good, job.settings.size, decodable)
+            annotated = annotate(good.drop("height", "width"))
+            carve = None
+            if job.source.flat:
+                annotated, carve = carve_test(annotated, FLAT_TEST_FRACTION)
+            plan = plan_split(annotated, job.val_fraction, job.num_classes)
+            check_counts(plan.train_kept, plan.test, job.class_names)
+            return plan, carve, image, skipped
+    finally:
+        scan.unpersist(blocking=True)

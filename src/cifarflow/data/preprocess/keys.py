@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +19,11 @@ def val_count(n: int, val_fraction: float) -> int:
     return math.floor(n * val_fraction + 0.5)
 
 
-def content_hashes(images: np.ndarray) -> np.ndarray:
-    """(n, 16) uint8 blake2b-128 digests of each image row's bytes."""
-    digests = b"".join(hashlib.blake2b(row, digest_size=HASH_BYTES).digest() for row in images)
+def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """(n, 16) uint8 blake2b-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
+    digests = b"".join(
+        hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=HASH_BYTES).digest() for row in images
+    )
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, HASH_BYTES)
 
 
