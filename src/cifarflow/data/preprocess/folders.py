@@ -169,7 +169,8 @@ def decoded(ctx: TaskContext, part: ImageRange) -> Iterator[tuple[int, ImageReco
             yield position, record, decode(data, settings.size, name=record.path)
         except UndecodableImage as exc:
             if settings.strict:
-                raise UndecodableImage(
+                # A plain InputError: the type that survives the trip through Spark (errors.unmark).
+                raise InputError(
                     f"{exc.problem} (--strict)", "fix or remove the file, or drop --strict"
                 ) from None
             yield position, record, None
