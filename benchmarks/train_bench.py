@@ -27,7 +27,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench_common import append, build_dataset, cpu_seconds
+from bench_common import append, build_dataset, cpu_seconds, fit_keras
 
 KINDS = ("loop", "loop-noaug", "keras-fit")
 
@@ -49,7 +49,7 @@ def child(kind: str, data: str, batch: int, model_name: str) -> dict[str, Any]:
             checkpoint_every=0, evaluate=False,
         )  # fmt: skip
         if kind == "keras-fit":
-            measured = _fit(cfg, src, marks)
+            measured = fit_keras(cfg, src, marks)
         else:
             from cifarflow.train import trainer
 
@@ -75,39 +75,6 @@ def child(kind: str, data: str, batch: int, model_name: str) -> dict[str, Any]:
         "images_per_cpu_s": measured / cpu,
         "cores_used": cpu / wall,
     }
-
-
-def _fit(cfg: Any, src: Any, marks: dict[str, tuple[float, float]]) -> int:
-    """Plain Keras: compile + fit on numpy, the same model, optimiser, loss and batch."""
-    import keras
-    import numpy as np
-
-    from cifarflow.train import model, optim
-
-    xs, ys = zip(*src.chunks("train"), strict=True)
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    y_onehot = keras.utils.to_categorical(y, src.num_classes)
-    steps = len(y) // cfg.batch_size
-    x, y_onehot = x[: steps * cfg.batch_size], y_onehot[: steps * cfg.batch_size]
-    keras.utils.set_random_seed(cfg.seed)
-    net = model.build(cfg, num_classes=src.num_classes, mean=src.stats.mean, std=src.stats.std)
-    net.compile(
-        optimizer=optim.optimizer(cfg, 2 * steps),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            if epoch == 1:
-                marks["start"] = (time.perf_counter(), cpu_seconds())
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            if epoch == 1:
-                marks["end"] = (time.perf_counter(), cpu_seconds())
-
-    net.fit(x, y_onehot, batch_size=cfg.batch_size, epochs=2, shuffle=True, verbose=0, callbacks=[Clock()])
-    return steps * cfg.batch_size
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -94,6 +94,16 @@ def test_mixed_precision_computes_in_float16_and_answers_in_float32() -> None:
     assert out.dtype == tf.float32
 
 
+def test_mixed_bfloat16_computes_in_bfloat16_without_loss_scaling() -> None:
+    c = cfg(depth=8, width=8, mixed_type="bfloat16")
+    m = model.build(c, num_classes=10, mean=MEAN, std=STD, shape=CIFAR, mixed=True)
+    assert m.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert m.get_layer("stem_conv").variable_dtype == "float32"
+    assert m(tf.zeros([2, 32, 32, 3], tf.uint8)).dtype == tf.float32
+    assert not hasattr(optim.optimizer(c, 10, mixed=True), "inner_optimizer")  # bfloat16 needs no scaling
+    assert hasattr(optim.optimizer(cfg(), 10, mixed=True), "inner_optimizer")  # float16 does
+
+
 @pytest.mark.parametrize("kind", ["onecycle", "cosine"])
 def test_schedules_warm_up_peak_and_anneal(kind: str) -> None:
     sched = optim.schedule(cfg(schedule=kind, lr=0.4, warmup=0.2), total_steps=100)

@@ -21,7 +21,7 @@ from cifarflow.cli.common import (
     progress,
 )
 from cifarflow.config import choices, defaults
-from cifarflow.train.config import ModelName, Schedule, Switch, TrainConfig, parse_config
+from cifarflow.train.config import HalfType, ModelName, Schedule, Switch, TrainConfig, parse_config
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,12 @@ if TYPE_CHECKING:
     ModelChoice: TypeAlias = str
     ScheduleChoice: TypeAlias = str
     SwitchChoice: TypeAlias = str
+    HalfChoice: TypeAlias = str
 else:
     ModelChoice = choices("ModelChoice", ModelName)
     ScheduleChoice = choices("ScheduleChoice", Schedule)
     SwitchChoice = choices("SwitchChoice", Switch)
+    HalfChoice = choices("HalfChoice", HalfType)
 DEFAULTS: dict[str, Any] = defaults(TrainConfig)
 
 
@@ -115,6 +117,7 @@ def train(
     label_smoothing: Annotated[float, _option("label_smoothing")] = DEFAULTS["label_smoothing"],
     augment: Annotated[bool, _option("augment")] = DEFAULTS["augment"],
     mixed_precision: Annotated[SwitchChoice, _option("mixed_precision")] = DEFAULTS["mixed_precision"],
+    mixed_type: Annotated[HalfChoice, _option("mixed_type")] = DEFAULTS["mixed_type"],
     xla: Annotated[SwitchChoice, _option("xla")] = DEFAULTS["xla"],
     checkpoint_every: Annotated[int, _option("checkpoint_every")] = DEFAULTS["checkpoint_every"],
     keep_checkpoints: Annotated[int, _option("keep_checkpoints")] = DEFAULTS["keep_checkpoints"],

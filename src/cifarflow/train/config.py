@@ -15,6 +15,9 @@ from cifarflow.errors import InputError
 ModelName = Literal["resnet20", "resnet9"]
 Schedule = Literal["onecycle", "cosine"]
 Switch = Literal["auto", "on", "off"]
+# The half type of mixed precision: float16 needs loss scaling; bfloat16 (Ampere and later GPUs, TPUs) has
+# float32's range and does not.
+HalfType = Literal["float16", "bfloat16"]
 
 # Per-model defaults: (base width, peak learning rate at a global batch of 128).
 MODEL_DEFAULTS: dict[str, tuple[int, float]] = {"resnet20": (16, 0.1), "resnet9": (64, 0.1)}
@@ -42,6 +45,7 @@ NOT_DEFINING = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "mixed_precision",
+        "mixed_type",
         "xla",
     }
 )
@@ -115,6 +119,9 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="Label smoothing in [0, 1).")
     augment: bool = Field(default=True, description="Random crops and flips while training.")
     mixed_precision: Switch = Field(default="auto", description="auto: on with a GPU.")
+    mixed_type: HalfType = Field(
+        default="float16", description="Half type under mixed precision (bfloat16: no loss scaling)."
+    )
     xla: Switch = Field(default="auto", description="auto: on with a GPU.")
     checkpoint_every: int = Field(
         default=500, ge=0, description="Steps between checkpoints (0: at epoch ends only)."

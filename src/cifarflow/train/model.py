@@ -58,8 +58,8 @@ def build(
     mixed: bool = False,
 ) -> keras.Model:
     """The model ``cfg`` names, for ``num_classes`` classes and uint8 HWC images of ``shape``; ``mixed``
-    computes in float16 (GPU only)."""
-    policy = "mixed_float16" if mixed else "float32"
+    computes in ``cfg.mixed_type`` (float16 or bfloat16; variables stay float32)."""
+    policy = f"mixed_{cfg.mixed_type}" if mixed else "float32"
     inputs = keras.Input(shape=shape, dtype="uint8", name="images")
     x = Standardize(mean, std, name="standardize")(inputs)
     stem = stem_for(shape[0], shape[1])

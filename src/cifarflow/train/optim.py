@@ -61,7 +61,7 @@ def optimizer(cfg: TrainConfig, total_steps: int, *, mixed: bool = False) -> ker
         weight_decay=cfg.weight_decay or None,
     )
     opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    if mixed:
-        # Dynamic loss scaling keeps float16 gradients from underflowing; skipped steps are counted by it.
+    if mixed and cfg.mixed_type == "float16":
+        # Dynamic loss scaling keeps float16 gradients from underflowing (bfloat16 has float32's range).
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
