@@ -81,8 +81,9 @@ class Outputs(NamedTuple):
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="CIFAR-10 from a bucket to a served model: Spark preprocessing (SparkApplication), "
-    "TensorFlow training (TFJob), evaluation with a report, a champion gate, KServe deployment.",
+    description="CIFAR-10/100 or class folders of images from a bucket to a served model: Spark "
+    "preprocessing (SparkApplication), TensorFlow training (TFJob), evaluation with a report, a champion "
+    "gate, KServe deployment.",
 )
 def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with positional arguments
     source: str = "cifar10",
@@ -97,6 +98,8 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     val_fraction: float = PREPROCESS["val_fraction"],
     seed: int = PREPROCESS["seed"],  # the split's and training's (the same default)
     partitions: int = 0,  # PreprocessConfig's None: one read task per file
+    image_size: int = 0,  # PreprocessConfig's None: the images' one size
+    strict: bool = PREPROCESS["strict"],
     spark_executors: int = 2,
     spark_executor_cores: int = 1,
     spark_executor_memory: str = "1g",
@@ -117,7 +120,7 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
     """CIFAR-10 from a bucket to a served model. Empty values defer to the cluster's cifarflow-defaults.
 
     Args:
-        source: cifar10, cifar100, an http(s) URL, or a bucket URL of a CIFAR archive.
+        source: cifar10, cifar100, or an http(s)/bucket URL of a CIFAR archive or image class folders.
         workdir: Bucket URL for raw data, datasets and models ("" = CIFARFLOW_WORKDIR of the cluster).
         s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL; none for GCS).
         backend: k8s (SparkApplication and TFJob) or local (Spark and TensorFlow inside the step's pod).
@@ -129,6 +132,8 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         val_fraction: Share of each class's train images held out for validation.
         seed: Seed of the train/val split and of training.
         partitions: Spark read tasks (0 = one per input file or 16 MiB range).
+        image_size: Image folders: resize to NxN, shorter side then centre crop (0 = keep their one size).
+        strict: Image folders: an undecodable file fails the job (false: skipped and listed in stats.json).
         spark_executors: Initial Spark executors (dynamic allocation scales from there).
         spark_executor_cores: Cores per executor.
         spark_executor_memory: JVM memory per executor (e.g. 1g).
@@ -155,6 +160,7 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         raw_url=ingest.output,
         val_fraction=val_fraction,
         seed=seed,
+        image_size=image_size,
         s3_endpoint=s3_endpoint,
     )
     plan.set_caching_options(False)
@@ -167,6 +173,8 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         val_fraction=val_fraction,
         seed=seed,
         partitions=partitions,
+        image_size=image_size,
+        strict=strict,
         backend=backend,
         namespace=namespace,
         spark_image=spark_image,

@@ -21,10 +21,10 @@ component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_packa
 
 @component
 def ingest(source: str, workdir: str, s3_endpoint: str) -> str:
-    """Land the archive's members under WORKDIR/raw (idempotent: the same archive is not copied twice).
+    """Land the archive's members or the images under WORKDIR/raw (idempotent: nothing is copied twice).
 
     Args:
-        source: cifar10, cifar100, an http(s) URL, or a bucket URL of a CIFAR archive.
+        source: cifar10, cifar100, or an http(s)/bucket URL of a CIFAR archive or image class folders.
         workdir: Bucket URL for raw data, datasets and models ("" = the cluster's CIFARFLOW_WORKDIR).
         s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
 
@@ -37,13 +37,14 @@ def ingest(source: str, workdir: str, s3_endpoint: str) -> str:
 
 
 @component
-def plan(raw_url: str, val_fraction: float, seed: int, s3_endpoint: str) -> str:
+def plan(raw_url: str, val_fraction: float, seed: int, image_size: int, s3_endpoint: str) -> str:
     """Compute the content-addressed dataset id from the raw index and the parameters (cheap, never cached).
 
     Args:
         raw_url: The raw folder ingest wrote.
         val_fraction: Share of each class's train images held out for validation.
         seed: Seed of the train/val split.
+        image_size: Image folders: resize to NxN (0 = keep their one size); part of the dataset id.
         s3_endpoint: S3 API endpoint for s3:// URLs ("" = the cluster's AWS_ENDPOINT_URL).
 
     Returns:
@@ -51,7 +52,9 @@ def plan(raw_url: str, val_fraction: float, seed: int, s3_endpoint: str) -> str:
     """
     from cifarflow.pipeline import steps
 
-    return steps.plan(raw_url=raw_url, val_fraction=val_fraction, seed=seed, s3_endpoint=s3_endpoint)
+    return steps.plan(
+        raw_url=raw_url, val_fraction=val_fraction, seed=seed, image_size=image_size, s3_endpoint=s3_endpoint
+    )
 
 
 @component
@@ -63,6 +66,8 @@ def preprocess(
     val_fraction: float,
     seed: int,
     partitions: int,
+    image_size: int,
+    strict: bool,
     backend: str,
     namespace: str,
     spark_image: str,
@@ -83,6 +88,8 @@ def preprocess(
         val_fraction: Share of each class's train images held out for validation.
         seed: Seed of the train/val split.
         partitions: Spark read tasks (0 = one per input file or 16 MiB range).
+        image_size: Image folders: resize to NxN (0 = keep their one size); the job's --image-size.
+        strict: Image folders: stop at an undecodable file instead of skipping it; the job's --strict.
         backend: k8s (a SparkApplication) or local (Spark local mode in this pod).
         namespace: Namespace of the SparkApplication ("" = the cluster's).
         spark_image: Image of the SparkApplication ("" = the tag skaffold deployed).
@@ -106,6 +113,8 @@ def preprocess(
             val_fraction=val_fraction,
             seed=seed,
             partitions=partitions,
+            image_size=image_size,
+            strict=strict,
             spark=SparkResources(
                 image=spark_image,
                 executors=spark_executors,

@@ -204,7 +204,9 @@ def test_pipeline_image_runs_components_as_kfp_does(docker: Docker, dataset: dic
     )
     assert raw_url.rstrip("/").endswith("/data/work/raw")
     planned = run_component(
-        docker, "plan", {"raw_url": raw_url, "val_fraction": 0.1, "seed": 0, "s3_endpoint": ""}
+        docker,
+        "plan",
+        {"raw_url": raw_url, "val_fraction": 0.1, "seed": 0, "image_size": 0, "s3_endpoint": ""},
     )
     # The pipeline names the dataset before Spark runs; it must be the one the Spark image wrote.
     assert planned == dataset["id"]

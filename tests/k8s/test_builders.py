@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from cifarflow.config import PreprocessConfig
 from cifarflow.errors import InputError
 from cifarflow.k8s import names, spark_app, tfjob
 from cifarflow.k8s.settings import K8sSettings, StorageSettings, Toleration
@@ -57,7 +58,8 @@ def crd_validator(filename: str) -> jsonschema.protocols.Validator:
 
 
 def spark(settings: K8sSettings) -> dict[str, Any]:
-    args = spark_app.preprocess_arguments("s3://b/raw", "s3://b/ds", partitions=8, val_fraction=0.1, seed=3)
+    params = PreprocessConfig(partitions=8, val_fraction=0.1, seed=3)
+    args = spark_app.preprocess_arguments("s3://b/raw", "s3://b/ds", params)
     return spark_app.build(settings, name="cifarflow-preprocess-x", arguments=args, run_id="r1")
 
 
@@ -155,6 +157,31 @@ def test_credentials_come_from_a_secret_or_not_at_all(variant: str) -> None:
             assert refs == (
                 [settings.storage.credentials_secret] if settings.storage.credentials_secret else []
             )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        PreprocessConfig(),
+        PreprocessConfig(partitions=8, val_fraction=0.25, seed=3),
+        PreprocessConfig(image_size=224, strict=True),
+    ],
+)
+def test_preprocess_arguments_are_what_the_cli_parses_back_to_the_same_config(
+    params: PreprocessConfig,
+) -> None:
+    """Every PreprocessConfig field reaches the driver: its `cifarflow preprocess` arguments, parsed by the CLI
+    itself, give the same config (a new field needs no change in the builder)."""
+    import typer
+
+    from cifarflow.cli import app
+
+    args = spark_app.preprocess_arguments("s3://b/raw", "s3://b/ds", params)
+    command: Any = typer.main.get_command(app).commands[args[0]]  # type: ignore[attr-defined]
+    with command.make_context(args[0], args[1:]) as ctx:
+        parsed = ctx.params
+    assert (parsed["raw"], parsed["out_url"]) == ("s3://b/raw", "s3://b/ds")
+    assert PreprocessConfig(**{name: parsed[name] for name in PreprocessConfig.model_fields}) == params
 
 
 def test_spark_application_settings_that_matter_on_kubernetes() -> None:

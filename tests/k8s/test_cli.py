@@ -8,6 +8,7 @@ import pytest
 
 from cifarflow.cli import main
 from cifarflow.k8s import names
+from cifarflow.k8s.client import SPARK_APPLICATION
 from cifarflow.train.config import parse_config
 
 from . import scenarios as sc
@@ -49,6 +50,29 @@ def test_preprocess_backend_k8s_prints_the_job_and_its_results(
     code, again, _ = run([*PREPROCESS, "--backend", "k8s"], capsys)
     assert code == 0 and again.splitlines()[0] == lines[0] and "state: COMPLETED (reused)" in again
     assert len(cluster_env.cluster.created("sparkapplications")) == 1
+
+
+def test_preprocess_backend_k8s_passes_the_image_folder_options_to_the_spark_application(
+    cluster_env: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--image-size and --strict reach the driver's `cifarflow preprocess` unchanged, and name their own job
+    (the same raw data at another size is another dataset)."""
+    cluster_env.cluster.default_scenario = lambda plural, name: sc.spark_success(name, "dataset: 3f2a\n")
+    kube = cluster_env.kube()
+    apps = []
+    for extra in (["--image-size", "48", "--strict"], ["--image-size", "64"], []):
+        code, out, err = run([*PREPROCESS, "--backend", "k8s", *extra], capsys)
+        assert code == 0, err
+        name = out.splitlines()[0].split("/")[1].split()[0]
+        app = kube.get(SPARK_APPLICATION, name)
+        assert app is not None
+        apps.append(app)
+    (strict48, plain64, default) = (app["spec"]["arguments"] for app in apps)
+    assert strict48 == [*PREPROCESS, "--val-fraction", "0.1", "--seed", "0", "--image-size", "48", "--strict"]
+    assert plain64[-2:] == ["--image-size", "64"] and "--strict" not in plain64
+    assert "--image-size" not in default and "--strict" not in default
+    assert len({app["metadata"]["name"] for app in apps}) == 3
+    assert len(cluster_env.cluster.created("sparkapplications")) == 3
 
 
 def test_a_failed_job_is_one_error_line_and_exit_2(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from cifarflow.config import PreprocessConfig
 from cifarflow.errors import ConflictError, JobError
 from cifarflow.k8s import launcher, names
 from cifarflow.k8s.client import SPARK_APPLICATION, TFJOB, Kube, connect
@@ -221,9 +222,7 @@ def test_a_retried_step_reattaches_to_the_running_job(api: Api) -> None:
         RUN,
         raw="s3://cifarflow/work/raw",
         out="s3://cifarflow/work/datasets",
-        partitions=None,
-        val_fraction=0.1,
-        seed=0,
+        params=PreprocessConfig(),
     )
     api.kube().create(SPARK_APPLICATION, first.body)
     result = preprocess(api)
@@ -255,7 +254,7 @@ def test_a_retry_after_a_failure_deletes_and_resubmits(api: Api) -> None:
 def test_same_run_id_with_different_inputs_is_a_conflict(api: Api) -> None:
     api.cluster.scenario(PRE, sc.spark_forever(PRE))
     job = launcher.preprocess_job(
-        FAST, RUN, raw="s3://other/raw", out="s3://other/ds", partitions=None, val_fraction=0.1, seed=0
+        FAST, RUN, raw="s3://other/raw", out="s3://other/ds", params=PreprocessConfig()
     )
     api.kube().create(SPARK_APPLICATION, job.body)
     with pytest.raises(ConflictError) as err:

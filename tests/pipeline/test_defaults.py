@@ -17,13 +17,14 @@ from cifarflow.pipeline import definition
 from cifarflow.train.config import ModelName, Schedule, Switch, TrainConfig, settings_fields
 
 COMPILED = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "cifar10_pipeline.yaml"
-# pipeline parameter -> (config, field); partitions is 0 in the pipeline for the config's None.
+# pipeline parameter -> (config, field); partitions and image_size are 0 in the pipeline for the config's None.
 PIPELINE = {
     "model": (TrainConfig, "model"),
     "epochs": (TrainConfig, "epochs"),
     "batch_size": (TrainConfig, "batch_size"),
     "seed": (TrainConfig, "seed"),
     "val_fraction": (PreprocessConfig, "val_fraction"),
+    "strict": (PreprocessConfig, "strict"),
     "min_accuracy": (PromoteConfig, "min_accuracy"),
     "tolerance": (PromoteConfig, "tolerance"),
     "max_recall_drop": (PromoteConfig, "max_recall_drop"),
@@ -87,10 +88,10 @@ def test_pipeline_and_compiled_ir_defaults_are_the_configs() -> None:
         expected = defaults(config)[field]
         assert declared[parameter] == compiled[parameter] == expected, parameter
     assert defaults(TrainConfig)["seed"] == defaults(PreprocessConfig)["seed"]  # one seed parameter for both
-    assert (
-        declared["partitions"] == compiled["partitions"] == 0
-        and defaults(PreprocessConfig)["partitions"] is None
-    )
+    for unset in ("partitions", "image_size"):
+        assert declared[unset] == compiled[unset] == 0 and defaults(PreprocessConfig)[unset] is None, unset
+    # Every field of the Spark job's config is a pipeline parameter (no option is lost on the cluster).
+    assert set(PreprocessConfig.model_fields) <= set(declared)
 
 
 def test_every_component_input_has_a_description_in_the_compiled_ir() -> None:

@@ -131,6 +131,8 @@ def preprocess_request(workdir: str, **kw: Any) -> inputs.PreprocessInputs:
         "val_fraction": 0.1,
         "seed": 7,
         "partitions": 0,
+        "image_size": 0,
+        "strict": False,
         "spark": spark(),
         "cluster": cluster(),
     }
@@ -438,4 +440,93 @@ def test_promote_step_publishes_the_decision_with_both_models_scores(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: pipeline parameter min_accuracy=2.0 is invalid: input should be less than or equal to 1 "
         "(fix: pass a value within the bound above)"
+    )
+
+
+def test_preprocess_on_k8s_passes_the_image_folder_parameters(workdir: str, submitted: Submitted) -> None:
+    steps.preprocess(preprocess_request(workdir, image_size=48, strict=True, partitions=4))
+    (job,) = submitted.jobs
+    args = job["body"]["spec"]["arguments"]
+    assert args[5:] == [
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        "7",
+        "--partitions",
+        "4",
+        "--image-size",
+        "48",
+        "--strict",
+    ]
+
+
+def test_a_bad_image_size_fails_in_its_step_before_any_job(
+    workdir: str, submitted: Submitted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        steps.preprocess(preprocess_request(workdir, image_size=4))
+    assert submitted.jobs == []
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: pipeline parameter image_size=4 is invalid: input should be greater than or equal to 8 "
+        "(fix: pass a value within the bound above)"
+    )
+
+
+@pytest.fixture
+def image_raw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A small image folder (3 classes, 40x40) landed by the ingest step: (workdir, raw URL)."""
+    from cifarflow.data.synth_folders import write_image_folder
+
+    monkeypatch.setenv(deployment.DEFAULTS_ENV, "/nonexistent")
+    source = write_image_folder(
+        str(tmp_path / "src"), classes=3, train=30, test=9, size=40, seed=0, store=Store()
+    )
+    workdir = str(tmp_path / "work")
+    return workdir, steps.ingest(source=source, workdir=workdir, s3_endpoint="").raw_url
+
+
+def test_plan_ids_differ_by_image_size(image_raw: tuple[str, str]) -> None:
+    _, raw = image_raw
+    planned = {
+        size: steps.plan(raw_url=raw, val_fraction=0.1, seed=0, image_size=size, s3_endpoint="")
+        for size in (0, 24, 32)
+    }
+    assert len(set(planned.values())) == 3
+
+
+@pytest.mark.slow
+def test_plan_names_the_dataset_the_spark_job_commits_at_an_image_size(image_raw: tuple[str, str]) -> None:
+    """plan (no Spark) and the Spark job (here the local backend; on k8s the SparkApplication's driver runs the
+    same `cifarflow preprocess --image-size`) agree on the id, which covers the size."""
+    workdir, raw = image_raw
+    planned = steps.plan(raw_url=raw, val_fraction=0.1, seed=0, image_size=24, s3_endpoint="")
+    request = preprocess_request(
+        workdir,
+        dataset_id=planned,
+        raw_url=raw,
+        seed=0,
+        image_size=24,
+        cluster=cluster(backend="local", namespace="", s3_endpoint=""),
+    )
+    info = steps.preprocess(request)  # raises if the committed id is not the planned one
+    assert info.dataset_id == planned and not info.reused
+    manifest, _ = mf.load(Store(), info.dataset_url)
+    assert (manifest.image.height, manifest.image.width) == (24, 24)
+    assert manifest.class_names == info.class_names and len(manifest.class_names) == 3
+
+
+def test_plan_refuses_an_image_size_for_a_cifar_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cifarflow.data.synth import write_archive
+
+    monkeypatch.setenv(deployment.DEFAULTS_ENV, "/nonexistent")
+    archive = write_archive(str(tmp_path), train=20, test=10, fmt="python", classes=10, seed=0, store=Store())
+    raw = steps.ingest(source=archive, workdir=str(tmp_path / "work"), s3_endpoint="").raw_url
+    with pytest.raises(SystemExit):
+        steps.plan(raw_url=raw, val_fraction=0.1, seed=0, image_size=64, s3_endpoint="")
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert (
+        last.startswith("error: ")
+        and "is a CIFAR archive: --image-size and --strict are for image folders" in last
     )

@@ -137,28 +137,20 @@ class KubernetesBackend(Backend):
         self.options = options or K8sOptions()
 
     def preprocess(self, request: PreprocessRequest) -> PreprocessResult:
-        from cifarflow.k8s import names
+        from cifarflow.k8s import names, spark_app
         from cifarflow.k8s.launcher import launch_preprocess
 
         settings = resolve_settings(self.options, job="preprocess")
-        params = request.params
         if request.dataset_id:
             # Named after the dataset and the job's settings: a retried step, or a second run of the same
             # dataset, re-attaches to the running application instead of starting another.
             job_id = f"{request.dataset_id}-{names.spec_hash(settings.spark.model_dump(mode='json'))[:6]}"
         else:
-            args = [request.raw_url, request.datasets_url, str(params.partitions)]
-            job_id = os.environ.get(RUN_ID_ENV) or names.derive_run_id(
-                "preprocess", [*args, repr(params.val_fraction), str(params.seed)]
-            )
+            # Named after the command the driver runs: every option (--image-size, --strict too) counts.
+            args = spark_app.preprocess_arguments(request.raw_url, request.datasets_url, request.params)
+            job_id = os.environ.get(RUN_ID_ENV) or names.derive_run_id("preprocess", args[1:])
         result = launch_preprocess(
-            settings,
-            job_id,
-            raw=request.raw_url,
-            out=request.datasets_url,
-            partitions=params.partitions,
-            val_fraction=params.val_fraction,
-            seed=params.seed,
+            settings, job_id, raw=request.raw_url, out=request.datasets_url, params=request.params
         )
         return PreprocessResult(job=_job(result), outputs=dict(result.outputs))
 

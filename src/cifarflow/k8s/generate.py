@@ -43,13 +43,7 @@ def oneshot_manifests() -> dict[str, dict[str, Any]]:
     preprocess = spark_app.build(
         settings,
         name=ONESHOT_PREPROCESS,
-        arguments=spark_app.preprocess_arguments(
-            "$(CIFARFLOW_RAW)",
-            "$(CIFARFLOW_DATASETS)",
-            partitions=params.partitions,
-            val_fraction=params.val_fraction,
-            seed=params.seed,
-        ),
+        arguments=spark_app.preprocess_arguments("$(CIFARFLOW_RAW)", "$(CIFARFLOW_DATASETS)", params),
         suspend=True,
         env_from_config_map=ONESHOT_CONFIG_MAP,
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from kubernetes import client
 
+from cifarflow.config import PreprocessConfig
 from cifarflow.errors import ConflictError, JobError
 from cifarflow.k8s import names, spark_app, tfjob, trainjob
 from cifarflow.k8s.client import (
@@ -92,14 +93,10 @@ def preprocess_job(
     *,
     raw: str,
     out: str,
-    partitions: int | None,
-    val_fraction: float,
-    seed: int,
+    params: PreprocessConfig,
 ) -> JobSpec:
     name = names.job_name(spark_app.STEP, run_id)
-    args = spark_app.preprocess_arguments(
-        raw, out, partitions=partitions, val_fraction=val_fraction, seed=seed
-    )
+    args = spark_app.preprocess_arguments(raw, out, params)
     body = _annotated(spark_app.build(settings, name=name, arguments=args, run_id=run_id), run_id)
     return JobSpec(
         kind=SPARK_APPLICATION,
@@ -167,17 +164,14 @@ def launch_preprocess(
     *,
     raw: str,
     out: str,
-    partitions: int | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
+    params: PreprocessConfig | None = None,
     kube: Kube | None = None,
 ) -> LaunchResult:
-    """Run ``cifarflow preprocess`` as a SparkApplication; outputs: ``dataset``, ``manifest`` if logged."""
+    """Run ``cifarflow preprocess`` as a SparkApplication (``params``: its options, default the CLI's);
+    outputs: ``dataset``, ``manifest`` if logged."""
     kube = kube or Kube(connect(), settings.namespace)
     settings = resolve_images(kube, settings)
-    job = preprocess_job(
-        settings, run_id, raw=raw, out=out, partitions=partitions, val_fraction=val_fraction, seed=seed
-    )
+    job = preprocess_job(settings, run_id, raw=raw, out=out, params=params or PreprocessConfig())
     return Launcher(kube, settings).run(job)
 
 

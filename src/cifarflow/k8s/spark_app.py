@@ -32,6 +32,7 @@ from kubeflow_spark_api.models import (
     SparkV1beta2SparkApplicationSpec,
 )
 
+from cifarflow.config import PreprocessConfig, flag
 from cifarflow.k8s import names, podspec
 from cifarflow.k8s.settings import K8sSettings, SparkPod
 
@@ -170,21 +171,13 @@ def build(
     return app.to_dict()
 
 
-def preprocess_arguments(
-    raw: str, out: str, *, partitions: int | None, val_fraction: float, seed: int
-) -> list[str]:
-    """``cifarflow preprocess`` arguments (no --master: the driver uses spark-submit's)."""
-    args = [
-        "preprocess",
-        "--raw",
-        raw,
-        "--out",
-        out,
-        "--val-fraction",
-        repr(val_fraction),
-        "--seed",
-        str(seed),
-    ]
-    if partitions:
-        args += ["--partitions", str(partitions)]
+def preprocess_arguments(raw: str, out: str, params: PreprocessConfig) -> list[str]:
+    """``cifarflow preprocess`` arguments (no --master: the driver uses spark-submit's): every field of
+    ``params`` that is set, as its option, in the config's order (an unset or false one is the CLI's default)."""
+    args = ["preprocess", "--raw", raw, "--out", out]
+    for name in PreprocessConfig.model_fields:
+        value = getattr(params, name)
+        if value is None or value is False:
+            continue
+        args += [f"--{flag(name)}"] if value is True else [f"--{flag(name)}", str(value)]
     return args

@@ -36,6 +36,8 @@ class PreprocessInputs:
     val_fraction: float
     seed: int
     partitions: int  # 0 = let the job decide
+    image_size: int  # image folders: 0 = keep their one size
+    strict: bool  # image folders: stop at an undecodable file
     spark: SparkResources
     cluster: Cluster
 

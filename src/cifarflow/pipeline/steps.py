@@ -9,7 +9,7 @@ contract is :mod:`cifarflow.pipeline.contract`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cifarflow import deployment
 from cifarflow.backends import DeployRequest, DeployResult, PreprocessRequest, TrainRequest, get_backend
@@ -66,16 +66,36 @@ def ingest(*, source: str, workdir: str, s3_endpoint: str) -> Ingested:
     return Ingested(result.raw_url, result.archive_md5)
 
 
+# KFP has no null integers: the pipeline's 0 stands for the config's None.
+ZERO_IS_NONE = ("partitions", "image_size")
+
+
+def preprocess_config(**given: Any) -> PreprocessConfig:
+    """The Spark job's parameters from the pipeline's (the others: the config's defaults); a bad one is one
+    line naming the pipeline parameter."""
+    values = {name: None if name in ZERO_IS_NONE and value == 0 else value for name, value in given.items()}
+    return parse(PreprocessConfig, values, option=pipeline_option)
+
+
 @step
-def plan(*, raw_url: str, val_fraction: float, seed: int, s3_endpoint: str) -> str:
+def plan(*, raw_url: str, val_fraction: float, seed: int, image_size: int, s3_endpoint: str) -> str:
     """The dataset id preprocess will commit, from the raw index alone (no Spark, no image read)."""
     from cifarflow.data import manifest as mf
     from cifarflow.data import preprocess as pre
+    from cifarflow.data.preprocess.job import check_options
 
+    params = preprocess_config(val_fraction=val_fraction, seed=seed, image_size=image_size)
     source = pre.read_source(deployment.store(s3_endpoint), raw_url)
-    dataset_id = mf.dataset_id(source.checksum, pre.parameters(source, val_fraction, seed))
+    check_options(source, params.image_size, params.strict)  # before any job: CIFAR takes no image size
+    parameters = pre.parameters(source, params.val_fraction, params.seed, params.image_size)
+    dataset_id = mf.dataset_id(source.checksum, parameters)
     log.info(
-        "dataset id %s (from %s, val fraction %s, seed %d)", dataset_id, redact(raw_url), val_fraction, seed
+        "dataset id %s (from %s, val fraction %s, seed %d, image size %s)",
+        dataset_id,
+        redact(raw_url),
+        val_fraction,
+        seed,
+        params.image_size or "kept",
     )
     return dataset_id
 
@@ -93,8 +113,12 @@ def preprocess(req: PreprocessInputs) -> CommittedDataset:
     if reused:
         log.info("dataset %s is already committed: no Spark job", req.dataset_id)
     else:
-        params = PreprocessConfig(
-            val_fraction=req.val_fraction, seed=req.seed, partitions=req.partitions or None
+        params = preprocess_config(
+            val_fraction=req.val_fraction,
+            seed=req.seed,
+            image_size=req.image_size,
+            partitions=req.partitions,
+            strict=req.strict,
         )
         backend.preprocess(PreprocessRequest(req.raw_url, where.datasets, params, dataset_id=req.dataset_id))
     info = describe_dataset(store, dataset_url, reused=reused)

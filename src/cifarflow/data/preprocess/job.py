@@ -105,6 +105,15 @@ def parameters(
     return {"recipe": RECIPE, "layout": source.layout.name, "val_fraction": val_fraction, "seed": seed}
 
 
+def check_options(source: RawInput, image_size: int | None, strict: bool) -> None:
+    """Refuse the image-folder options for a CIFAR source (the pipeline's plan step checks it too)."""
+    if isinstance(source, CifarInput) and (image_size is not None or strict):
+        raise InputError(
+            f"{redact(source.raw_url)} is a CIFAR archive: --image-size and --strict are for image folders",
+            "drop them (CIFAR images are 32x32 and all decodable)",
+        )
+
+
 def plan_input(store: Store, source: RawInput, partitions: int | None) -> list[Any]:
     if isinstance(source, ImageInput):
         return plan_image_ranges(store, source, partitions)
@@ -162,11 +171,7 @@ def preprocess(
     sparkmod.check_master(master)
     out = normalize(out).rstrip("/")
     source = read_source(store, raw)
-    if isinstance(source, CifarInput) and (image_size is not None or strict):
-        raise InputError(
-            f"{redact(source.raw_url)} is a CIFAR archive: --image-size and --strict are for image folders",
-            "drop them (CIFAR images are 32x32 and all decodable)",
-        )
+    check_options(source, image_size, strict)
     params = parameters(source, val_fraction, seed, image_size)
     ds_id = mf.dataset_id(source.checksum, params)
     dataset_url = join(out, ds_id)
