@@ -10,7 +10,10 @@ alone on a CIFAR-10-sized dataset (50k train images, 10 shards, as preprocess wr
 - augment:   the in-graph crop + flip op alone (it runs inside the training step, on the accelerator)
 - textbook:  for comparison, the usual tf.data recipe: per-element unbatch -> shuffle -> batch -> augment map
 
-    .venv/bin/python benchmarks/input_bench.py [--images 50000] [--batch 256] [--seconds 8]
+    .venv/bin/python benchmarks/input_bench.py [--images 50000] [--batch 256] [--seconds 8] [--size 32]
+
+``--size`` renders the synthetic images at that many pixels a side (``arrays.synthetic``), e.g. 96 or 224 for
+image-folder datasets; lower ``--images`` there (the shuffle buffer holds up to 10k images in memory).
 
 Appends one JSON object to ``benchmarks/results/input_bench.json``.
 """
@@ -67,6 +70,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--size", type=int, default=32, help="pixels a side of the synthetic images")
+    parser.add_argument(
+        "--stages", nargs="+", default=list(STEPS), choices=list(STEPS), help="what to measure"
+    )
+    parser.add_argument("--label", help="what is measured, for paired runs (e.g. before/after)")
     parser.add_argument("--data", help="an existing dataset folder (default: build one in a temp folder)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -75,28 +83,49 @@ def main() -> None:
     from cifarflow.train import source
 
     with tempfile.TemporaryDirectory(prefix="cifarflow-input-bench-") as tmp:
-        data = args.data or build_dataset(os.path.join(tmp, "ds"), args.images, files=10)
+        data = args.data or build_dataset(os.path.join(tmp, "ds"), args.images, files=10, size=args.size)
         src = source.open_source(Store(), data)
-        b = args.batch
-        rows: list[dict[str, Any]] = []
-        chunks = cycle(lambda: src.chunks("train"))
-        rows.append(measure("read", lambda: len(chunks()[1]), args.seconds))
-        stream = source.batches(src, "train", b, training=True)
-        rows.append(measure("batches", lambda: len(next(stream)[1]), args.seconds))
+        rows = [measure(stage, STEPS[stage](src, args.batch), args.seconds) for stage in args.stages]
 
-        import tensorflow as tf
+    record = {
+        "label": args.label,
+        "dataset_images": src.rows("train"),
+        "size": list(src.shape),
+        "batch": args.batch,
+        "results": rows,
+    }
+    append("input_bench", record)
 
-        from cifarflow.train import inputs
 
-        ds = iter(inputs.make_dataset(src, "train", batch_size=b, training=True))
-        rows.append(measure("pipeline", lambda: int(next(ds)[1].shape[0]), args.seconds))
-        batch = next(ds)[0]
-        augment = tf.function(inputs.augment)
-        seed = tf.constant([1, 2], tf.int64)
-        rows.append(measure("augment", lambda: int(augment(batch, seed).shape[0]), args.seconds))
-        rows.append(measure("textbook", textbook(src, b), args.seconds))
+def read(src: Any, batch: int) -> Callable[[], int]:
+    """Row-group chunks of the whole split, fetched and checksummed: images per call."""
+    chunks = cycle(lambda: src.chunks("train"))
+    return lambda: len(chunks()[1])
 
-    append("input_bench", {"dataset_images": src.rows("train"), "batch": args.batch, "results": rows})
+
+def batches(src: Any, batch: int) -> Callable[[], int]:
+    from cifarflow.train import source
+
+    stream = source.batches(src, "train", batch, training=True)
+    return lambda: len(next(stream)[1])
+
+
+def pipeline(src: Any, batch: int) -> Callable[[], int]:
+    from cifarflow.train import inputs
+
+    ds = iter(inputs.make_dataset(src, "train", batch_size=batch, training=True))
+    return lambda: int(next(ds)[1].shape[0])
+
+
+def augment(src: Any, batch: int) -> Callable[[], int]:
+    import tensorflow as tf
+
+    from cifarflow.train import inputs
+
+    images = next(iter(inputs.make_dataset(src, "train", batch_size=batch, training=True)))[0]
+    op = tf.function(inputs.augment)
+    seed = tf.constant([1, 2], tf.int64)
+    return lambda: int(op(images, seed).shape[0])
 
 
 def textbook(src: Any, batch: int) -> Callable[[], int]:
@@ -105,13 +134,22 @@ def textbook(src: Any, batch: int) -> Callable[[], int]:
 
     from cifarflow.train import inputs
 
-    spec = (tf.TensorSpec((None, 32, 32, 3), tf.uint8), tf.TensorSpec((None,), tf.int32))
+    spec = (tf.TensorSpec((None, *src.shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
     ds = tf.data.Dataset.from_generator(lambda: src.chunks("train"), output_signature=spec).repeat()
     ds = ds.unbatch().shuffle(10_000).batch(batch, drop_remainder=True)
     seeds = tf.data.Dataset.random(seed=1).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds).map(lambda xy, s: (inputs.augment(xy[0], s), xy[1]), tf.data.AUTOTUNE)
     it = iter(ds.prefetch(tf.data.AUTOTUNE))
     return lambda: int(next(it)[1].shape[0])
+
+
+STEPS: dict[str, Callable[[Any, int], Callable[[], int]]] = {
+    "read": read,
+    "batches": batches,
+    "pipeline": pipeline,
+    "augment": augment,
+    "textbook": textbook,
+}
 
 
 if __name__ == "__main__":

@@ -105,6 +105,39 @@ def test_a_corrupt_shard_surfaces_as_its_one_line_error(tiny_dataset: str, tmp_p
     assert "does not match its manifest checksum" in error.problem
 
 
+@pytest.mark.parametrize(
+    ("side", "batch", "share", "expected"),
+    [
+        (32, 256, 195, 8),
+        (32, 200, 2, 2),
+        (64, 256, 195, 2),
+        (96, 256, 78, 1),
+        (224, 128, 31, 1),
+        (224, 8, 9, 6),
+    ],
+)
+def test_batches_per_call_are_bounded_by_bytes_and_the_share(
+    side: int, batch: int, share: int, expected: int
+) -> None:
+    """Large images are handed over one batch a call (no unbatch copy, bounded memory); CIFAR's 8 at a time."""
+    assert inputs.batches_per_call(batch * side * side * 3, share) == expected
+
+
+def test_large_images_are_handed_over_a_batch_a_call(tmp_path: Path) -> None:
+    from cifarflow.train import arrays
+
+    images, labels = arrays.synthetic(320, size=96, seed=0)
+    splits = {"train": (images, labels), "test": arrays.synthetic(16, size=96, seed=1)}
+    url = arrays.write(Store(), str(tmp_path / "ds"), splits, class_names=[f"c{i}" for i in range(10)])
+    src = source.open_source(Store(), url)
+    # 4.4 MB a batch: one a call (two would fit the share), so nothing is unbatched.
+    ds = inputs.make_dataset(src, "train", batch_size=160, training=True)
+    known = {(int(y), x.tobytes()) for x, y in zip(images, labels, strict=True)}
+    for x, y in ds.take(4):  # two passes over the share: the stream repeats
+        assert x.shape == (160, 96, 96, 3) and x.dtype == tf.uint8 and y.shape == (160,)
+        assert {(int(b), a.tobytes()) for a, b in zip(x.numpy(), y.numpy(), strict=True)} <= known
+
+
 def test_a_share_smaller_than_eight_batches_still_trains(tiny_dataset: str) -> None:
     """Batches are handed over 8 at a time, but never more than a worker's share holds (512 images here)."""
     src = source.open_source(Store(), tiny_dataset)
