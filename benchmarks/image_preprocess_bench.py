@@ -137,11 +137,20 @@ def floor(args: argparse.Namespace) -> None:
 # -- the measurement ----------------------------------------------------------------------------------------
 
 
-def measure(engine: str, raw: str, *, count: int, size: int, workdir: Path, attempt: int) -> None:
+def measure(
+    engine: str,
+    raw: str,
+    *,
+    count: int,
+    size: int,
+    workdir: Path,
+    attempt: int,
+    env_extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
     out = workdir / "out" / f"{engine}-{size}px-{count}"
     shutil.rmtree(out, ignore_errors=True)  # a committed dataset would make the job a no-op
-    env = {**os.environ, "CIFARFLOW_SPARK_UI": "0"}
-    if engine == "spark":
+    env = {**os.environ, "CIFARFLOW_SPARK_UI": "0", **(env_extra or {})}
+    if engine.startswith("spark"):
         args = [
             "preprocess",
             "--raw",
@@ -161,36 +170,33 @@ def measure(engine: str, raw: str, *, count: int, size: int, workdir: Path, atte
         command, cores = [sys.executable, script, *args], 1
     seconds, peaks, text = measured(command, env, workdir / f"{engine}-{size}px-{count}-{attempt}.log")
     load_after = os.getloadavg()[0]
-    detail = phases(text) if engine == "spark" else json.loads(text.strip().splitlines()[-1])
+    detail = phases(text) if engine.startswith("spark") else json.loads(text.strip().splitlines()[-1])
     parquet = sum(p.stat().st_size for p in out.rglob("*.parquet"))
     shutil.rmtree(out)
     cpu = peaks.cpu_seconds
-    record(
-        NAME,
-        {
-            "benchmark": "image folder preprocess",
-            "engine": engine,
-            "command": " ".join(["cifarflow" if engine == "spark" else "floor", *args]),
-            "images": count,
-            "size": size,
-            "attempt": attempt,
-            "seconds": round(seconds, 2),
-            "images_per_s": round(count / seconds, 1),
-            "images_per_s_per_core": round(count / seconds / cores, 1),
-            "cores": cores,
-            "cpu_s": round(cpu, 1),
-            "images_per_cpu_s": round(count / max(cpu, 1e-9), 1),
-            "cpu_s_by_role": peaks.cpu_by_role(),
-            "phases": detail,
-            "parquet_bytes": parquet,
-            "peak_rss": peaks.rss,
-            "peak_total_rss": peaks.total_rss,
-            "peak_total_pss": peaks.total_pss,
-            "load_avg_1m_after": round(load_after, 2),
-            "machine": machine(),
-            "when": time.strftime("%Y-%m-%d %H:%M"),
-        },
-    )
+    return {
+        "benchmark": "image folder preprocess",
+        "engine": engine,
+        "command": " ".join(["cifarflow" if engine.startswith("spark") else "floor", *args]),
+        "images": count,
+        "size": size,
+        "attempt": attempt,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(count / seconds, 1),
+        "images_per_s_per_core": round(count / seconds / cores, 1),
+        "cores": cores,
+        "cpu_s": round(cpu, 1),
+        "images_per_cpu_s": round(count / max(cpu, 1e-9), 1),
+        "cpu_s_by_role": peaks.cpu_by_role(),
+        "phases": detail,
+        "parquet_bytes": parquet,
+        "peak_rss": peaks.rss,
+        "peak_total_rss": peaks.total_rss,
+        "peak_total_pss": peaks.total_pss,
+        "load_avg_1m_after": round(load_after, 2),
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def cases(given: list[str] | None) -> list[tuple[int, int]]:
@@ -209,7 +215,113 @@ def run(args: argparse.Namespace) -> None:
             # Alternate which engine goes first, so a load change between the two hits each as often.
             order = ("spark", "floor") if attempt % 2 == 0 else ("floor", "spark")
             for engine in order:
-                measure(engine, raw, count=count, size=size, workdir=workdir, attempt=attempt)
+                record(NAME, measure(engine, raw, count=count, size=size, workdir=workdir, attempt=attempt))
+
+
+# -- where the job's worker time goes -----------------------------------------------------------------------
+
+# Loaded by every Python process that has the folder on PYTHONPATH, active only in Spark's Python daemon (the
+# parent of the forked workers): wraps the image tasks' steps and writes, per worker, CPU seconds (the calling
+# thread's, so other load on the machine does not count) and calls per step, at most every 0.5 s.
+SITECUSTOMIZE = """
+import os
+
+if os.environ.get("PYTHON_WORKER_FACTORY_SECRET") and os.environ.get("CIFARFLOW_BENCH_PROFILE_DIR"):
+    import functools, hashlib, json, time
+
+    from cifarflow.data import images, manifest
+    from cifarflow.data.preprocess import keys
+    from cifarflow.storage import Store
+
+    _OUT, _SPENT, _LAST = os.environ["CIFARFLOW_BENCH_PROFILE_DIR"], {}, [0.0]
+    os.register_at_fork(after_in_child=lambda: (_SPENT.clear(), _LAST.__setitem__(0, 0.0)))
+
+    def _add(name, started, flush=False):
+        entry = _SPENT.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.thread_time() - started
+        if flush or time.monotonic() - _LAST[0] > 0.5:
+            _LAST[0] = time.monotonic()
+            with open(os.path.join(_OUT, f"{os.getpid()}.json"), "w") as handle:
+                json.dump({"steps": _SPENT, "process_cpu_s": time.process_time()}, handle)
+
+    def _timed(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _add(name, started)
+        return wrapper
+
+    def _timed_iter(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            it = fn(*args, **kwargs)
+            while True:
+                started = time.thread_time()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    _add(name, started, flush=True)  # a task's end: write what it did
+                    return
+                _add(name, started)
+                yield item
+        return wrapper
+
+    from cifarflow.data.preprocess import folders, tasks
+
+    def _patch(owner, attr, name, wrap=_timed):
+        # Also where a module imported the name itself (``from cifarflow.data.images import decode``).
+        original = getattr(owner, attr)
+        wrapped = wrap(name, original)
+        for module in (owner, folders, tasks, keys, manifest):
+            if getattr(module, attr, None) is original:
+                setattr(module, attr, wrapped)
+
+    _patch(images, "decode", "decode")
+    _patch(keys, "content_hashes", "blake2b of pixels")
+    _patch(manifest, "table_bytes", "parquet encode")
+    _patch(hashlib, "sha256", "sha256")
+    _patch(Store, "read_bytes", "read file")
+    _patch(Store, "write_bytes", "write file")
+    folders.image_scan_task = _timed_iter("pass 1 task", folders.image_scan_task)
+    tasks._write_task = _timed_iter("pass 2 task", tasks._write_task)
+"""
+
+
+def profile(args: argparse.Namespace) -> None:
+    """One Spark run with the worker steps timed (module-level SITECUSTOMIZE); recorded as ``spark-profiled``
+    with the steps' CPU seconds summed over the workers. The wrappers cost a little: not a throughput figure."""
+    workdir = Path(args.workdir)
+    site, steps_dir = workdir / "profile-site", workdir / "profile-steps"
+    for folder in (site, steps_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {"PYTHONPATH": str(site), "CIFARFLOW_BENCH_PROFILE_DIR": str(steps_dir)}
+    for count, size in cases(args.case):
+        raw = prepare(workdir, count, size)
+        result = measure(
+            "spark-profiled", raw, count=count, size=size, workdir=workdir, attempt=0, env_extra=env
+        )
+        steps: dict[str, list[float]] = {}
+        worker_cpu = 0.0
+        for path in steps_dir.glob("*.json"):
+            data = json.loads(path.read_text())
+            worker_cpu += data["process_cpu_s"]
+            for name, (calls, seconds) in data["steps"].items():
+                entry = steps.setdefault(name, [0, 0.0])
+                entry[0] += calls
+                entry[1] += seconds
+            path.unlink()
+        result["profile"] = {
+            "steps_cpu_s": {name: round(seconds, 2) for name, (_, seconds) in steps.items()},
+            "steps_calls": {name: int(calls) for name, (calls, _) in steps.items()},
+            "forked_workers_cpu_s": round(worker_cpu, 2),
+        }
+        record(NAME, result)
 
 
 # -- plot ---------------------------------------------------------------------------------------------------
@@ -268,6 +380,45 @@ def plot(args: argparse.Namespace) -> None:
     log.info("wrote %s", out)
 
 
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def table(args: argparse.Namespace) -> None:
+    """The docs' tables (markdown) from the best runs: throughput and CPU, then where the job's time goes."""
+    best = best_runs()
+    rows = [
+        "| images | px | Spark: wall s (load) | images/s | floor: wall s (load) | images/s | Spark/floor images/s "
+        "| CPU s Spark / floor | floor/Spark CPU | peak RSS Spark / floor |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    parts = [
+        "| images | px | Spark wall s | start+plan+commit s | pass 1 s | pass 2 s | CPU s: JVM / workers / driver "
+        "| floor: read / decode / write s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (engine, size, count), spark in sorted(best.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        floor_run = best.get(("floor", size, count))
+        if engine != "spark" or floor_run is None:
+            continue
+        load = (spark["machine"]["load_avg_1m_before"], floor_run["machine"]["load_avg_1m_before"])
+        rows.append(
+            f"| {count:,} | {size} | {spark['seconds']} ({load[0]}) | {spark['images_per_s']:,.0f} "
+            f"| {floor_run['seconds']} ({load[1]}) | {floor_run['images_per_s']:,.0f} "
+            f"| {spark['images_per_s'] / floor_run['images_per_s']:.2f} "
+            f"| {spark['cpu_s']} / {floor_run['cpu_s']} | {floor_run['cpu_s'] / spark['cpu_s']:.2f} "
+            f"| {_mb(spark['peak_total_rss'])} / {_mb(floor_run['peak_total_rss'])} |"
+        )
+        ph, roles, fl = spark["phases"], spark["cpu_s_by_role"], floor_run["phases"]
+        rest = spark["seconds"] - ph.get("pass1_s", 0) - ph.get("pass2_s", 0)
+        parts.append(
+            f"| {count:,} | {size} | {spark['seconds']} | {rest:.1f} | {ph.get('pass1_s')} | {ph.get('pass2_s')} "
+            f"| {roles.get('jvm')} / {roles.get('workers')} / {roles.get('driver')} "
+            f"| {fl['read_s']} / {fl['decode_s']} / {fl['write_s']} |"
+        )
+    print("\n".join([*rows, "", *parts]))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(
@@ -275,18 +426,21 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="what", required=True)
     p_run = sub.add_parser("run", help="time the job and the floor on some cases")
-    p_run.add_argument(
-        "--case", action="append", help="IMAGES:PIXELS (default: the issue's grid but 100k:224)"
-    )
     p_run.add_argument("--repeat", type=int, default=1)
-    p_run.add_argument("--workdir", default="/tmp/cifarflow-bench/images")
+    p_profile = sub.add_parser("profile", help="one Spark run with its worker steps timed")
+    for p in (p_run, p_profile):
+        p.add_argument(
+            "--case", action="append", help="IMAGES:PIXELS (default: the issue's grid but 100k:224)"
+        )
+        p.add_argument("--workdir", default="/tmp/cifarflow-bench/images")
     p_floor = sub.add_parser("floor", help="(internal) the one-process loop, timed by `run`")
     p_floor.add_argument("--raw", required=True)
     p_floor.add_argument("--out", required=True)
     p_floor.add_argument("--image-size", type=int, required=True)
     sub.add_parser("plot")
+    sub.add_parser("table", help="markdown tables of the best runs")
     args = parser.parse_args()
-    {"run": run, "floor": floor, "plot": plot}[args.what](args)
+    {"run": run, "floor": floor, "profile": profile, "plot": plot, "table": table}[args.what](args)
 
 
 if __name__ == "__main__":
