@@ -8,57 +8,55 @@ resuming at the exact step, agreeing on a clean stop across workers, and keeping
 One step, on every replica: augment (random crop + flip, in-graph), forward, smoothed cross-entropy scaled by
 the GLOBAL batch, backward (jit-compiled with XLA on GPUs), the optimiser's all-reduce of the gradients and
 update, then one packed all-reduce that averages the batch-norm statistics and sums metrics and stop flags.
+
+Here: :func:`train` and the :class:`Trainer` (the step and the loop). Beside it: :mod:`.model_folder` (``--out``
+checked first), :mod:`.stop` (SIGINT/SIGTERM ask for a clean stop), :mod:`.failures` (exit codes, TensorFlow's
+errors as one line), :mod:`.records` (``training.json``, TensorBoard) and :mod:`.handoff` (the result, the
+serving export).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
-import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Protocol
 
-from cifarflow.errors import InputError, JobError, StorageError, unmark
-from cifarflow.storage import StorageConfig, Store, join, normalize, redact, translate
-from cifarflow.train import runs, tfenv
+from cifarflow.errors import InputError, JobError
+from cifarflow.storage import StorageConfig, Store, join, redact
+from cifarflow.train import records, runs, tfenv
 from cifarflow.train.config import TrainConfig
 from cifarflow.train.distribute import Role, make_strategy, role_from_env
+from cifarflow.train.failures import RETRYABLE, Interrupted, PeerLost, translate_errors
+from cifarflow.train.handoff import TrainResult, export_serving
+from cifarflow.train.model_folder import check_output
+from cifarflow.train.records import TENSORBOARD, TRAINING_JSON
 from cifarflow.train.source import DataSource, open_source
+from cifarflow.train.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
-TRAINING_JSON = runs.TRAINING_JSON
+# Callers import these from here (the CLI, evaluate, serve, the tests); each lives in the module named for it.
+__all__ = [
+    "CHECKPOINTS",
+    "RETRYABLE",
+    "TENSORBOARD",
+    "TRAINING_JSON",
+    "Hooks",
+    "Interrupted",
+    "PeerLost",
+    "TrainResult",
+    "Trainer",
+    "check_output",
+    "smoothed_cross_entropy",
+    "train",
+]
+
 CHECKPOINTS = "checkpoints"
-TENSORBOARD = "tensorboard"
-
-
-# Exit codes a TFJob with restartPolicy ExitCode retries (the training operator's IsRetryableExitCode): 130,
-# 137, 143 (SIGINT, SIGKILL, SIGTERM) and 138, "user-defined retryable". 1 and 2 are permanent failures.
-RETRYABLE = 138
-
-
-class Interrupted(JobError):
-    """A clean stop on SIGINT/SIGTERM: a checkpoint was saved, rerunning resumes. Exits 128 + the signal."""
-
-    def __init__(self, problem: str, fix: str, *, signum: int) -> None:
-        super().__init__(problem, fix)
-        self.exit_code = 128 + signum
-
-
-class PeerLost(JobError):
-    """Another replica of the job died: this one cannot go on, but a restarted job resumes (retryable)."""
-
-    exit_code = RETRYABLE
 
 
 class Hooks(Protocol):
@@ -67,21 +65,6 @@ class Hooks(Protocol):
     def on_start(self, *, epochs: int, steps_per_epoch: int, step: int) -> None: ...
     def on_step(self, step: int) -> None: ...
     def on_epoch(self, epoch: int, logs: dict[str, float]) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    model_url: str
-    is_chief: bool
-    steps: int
-    epochs: int
-    resumed_from_step: int  # 0 for a fresh run
-    history: list[dict[str, float]]
-    fingerprint: str  # sha256 of all weights: equal on every worker of a job
-    seconds: float
-    images_per_second: float  # training steps only (no validation, checkpoints or export)
-    saved_model_url: str | None = None
-    replicas: int = 1
 
 
 def train(cfg: TrainConfig, *, hooks: Hooks | None = None) -> TrainResult:
@@ -99,38 +82,6 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None) -> TrainResult:
         return trainer.run()
     finally:
         trainer.close()
-
-
-def check_output(store: Store, url: str, option: str = "--out") -> None:
-    """Fail at once, with the fix, when the model URL cannot be reached or written (not after an epoch)."""
-    store.check_reachable(url)
-    fs, path = store.fs(url)
-    with translate(url):
-        local = normalize(url).startswith("file://")
-        blocker = _file_in_the_way(path) if local else (path if fs.isfile(path) else None)
-    if blocker is not None:
-        raise InputError(
-            f"{option} {redact(url)} must be a folder, but {blocker} is a file",
-            f"point {option} at a new or existing folder",
-        )
-    try:
-        store.exists(join(url, TRAINING_JSON))
-    except OSError as exc:
-        raise StorageError(
-            f"cannot read {redact(url)}: {exc}", "check the model URL and its permissions"
-        ) from exc
-
-
-def _file_in_the_way(path: str) -> str | None:
-    """The file that stops ``path`` from being (or becoming) a local folder; raises if it cannot be written."""
-    current = os.path.abspath(path)
-    while not os.path.exists(current):
-        current = os.path.dirname(current)
-    if not os.path.isdir(current):
-        return current
-    if not os.access(current, os.W_OK | os.X_OK):
-        raise StorageError(f"{current} is not writable", "choose a folder you can write to")
-    return None
 
 
 class Trainer:
@@ -203,11 +154,9 @@ class Trainer:
         self._compute = tf.function(self._forward_backward, jit_compile=self.xla, reduce_retracing=True)
         self._train_step = tf.function(self._distributed_step)
         self._eval_step = tf.function(self._evaluate_batch, reduce_retracing=True)
-        self._stop = threading.Event()
-        self._stop_signal = ""
-        self._stop_signum = int(signal.SIGINT)
+        self._stop = StopRequest()
         self._tmp = tempfile.mkdtemp(prefix="cifarflow-train-")
-        self._writer: Any = None
+        self._scalars = records.Scalars(store, cfg.out, self._tmp)
         self._iterator: Any = None
 
     def close(self) -> None:
@@ -294,7 +243,9 @@ class Trainer:
         from cifarflow.train import inputs
 
         self._agree_on_start(start)
-        history = self._load_history(start) if saved else []
+        history = (
+            records.load_history(self.store, self.cfg.out, start // self.steps_per_epoch) if saved else []
+        )
         if saved:
             log.info(
                 "resuming at step %d of %d (epoch %d)",
@@ -341,7 +292,7 @@ class Trainer:
         )
         log.info("weights sha256 %s (%s)", result.fingerprint, self.role.describe())
         if self.role.is_chief:
-            result.saved_model_url = self._export(weights)
+            result.saved_model_url = export_serving(self.cfg, self.source, self.store, weights)
         return result
 
     def _epochs(
@@ -351,7 +302,7 @@ class Trainer:
         if self.hooks:
             self.hooks.on_start(epochs=self.cfg.epochs, steps_per_epoch=self.steps_per_epoch, step=start)
         step, train_seconds = start, 0.0
-        with self._signals(), self._translate_errors():
+        with self._stop.catching_signals(), self._translate_errors():
             while step < self.total_steps:
                 epoch = step // self.steps_per_epoch
                 end = (epoch + 1) * self.steps_per_epoch
@@ -362,10 +313,10 @@ class Trainer:
                 if stopping:
                     self.checkpoints.save(step, step / self.steps_per_epoch)
                     raise Interrupted(
-                        f"training stopped by {self._stop_signal} at step {step} of {self.total_steps}; "
+                        f"training stopped by {self._stop.signal} at step {step} of {self.total_steps}; "
                         f"checkpoint saved to {redact(join(self.cfg.out, CHECKPOINTS))}",
                         "rerun the same command to resume from it",
-                        signum=self._stop_signum,
+                        signum=self._stop.signum,
                     )
                 logs = self._end_epoch(epoch, sums, seconds)
                 history = [h for h in history if h["epoch"] != epoch + 1] + [logs]
@@ -433,7 +384,7 @@ class Trainer:
             logs["images_per_second"],
         )
         if self.role.is_chief:
-            self._summaries(logs)
+            self._scalars.write(logs)
         if self.hooks:
             self.hooks.on_epoch(epoch + 1, logs)
         return logs
@@ -453,7 +404,7 @@ class Trainer:
         lr = getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
-    # -- agreement, signals, errors -----------------------------------------------------------------------
+    # -- agreement, errors ------------------------------------------------------------------------------
     def _agree_on_start(self, start: int) -> None:
         """All workers must resume from the same step (else they would train different models)."""
         if not self.role.multi_worker:
@@ -473,116 +424,24 @@ class Trainer:
                 "restart the whole job so that every worker reads the same latest.json",
             )
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM (Ctrl-C, Kubernetes stopping the pod) ask every worker for a clean stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+    def _translate_errors(self) -> contextlib.AbstractContextManager[None]:
+        checkpoints_url = redact(join(self.cfg.out, CHECKPOINTS))
+        return translate_errors(multi_worker=self.role.multi_worker, checkpoints_url=checkpoints_url)
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if self._stop.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-            self._stop_signal = signal.Signals(signum).name
-            self._stop_signum = signum
-            self._stop.set()
-            log.warning("%s received: stopping within two steps and saving a checkpoint", self._stop_signal)
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    @contextlib.contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        """TensorFlow wraps the input pipeline's errors and a lost peer in its own; give the user one line."""
-        import tensorflow as tf
-
-        try:
-            yield
-        except tf.errors.OpError as exc:
-            original = unmark(exc.message or str(exc))
-            if original is not None:
-                raise original from None
-            if self.role.multi_worker and isinstance(
-                exc, tf.errors.UnavailableError | tf.errors.CancelledError
-            ):
-                raise PeerLost(
-                    f"a worker of the job is gone, collectives were aborted ({_cause(exc.message)})",
-                    "restart the job (a TFJob restarts failed replicas); training resumes from "
-                    f"{redact(join(self.cfg.out, CHECKPOINTS))}",
-                ) from None
-            raise
-
-    # -- outputs (chief) ----------------------------------------------------------------------------------
-    def _summaries(self, logs: dict[str, float]) -> None:
-        import tensorflow as tf
-
-        local = os.path.join(self._tmp, TENSORBOARD)
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(local)
-        # tf.summary.scalar lives in the tensorboard package, which TF 2.21 no longer installs; the core op
-        # plus the scalars plugin's metadata writes exactly what TensorBoard reads, without a dependency.
-        from tensorflow.core.framework import summary_pb2
-
-        metadata = summary_pb2.SummaryMetadata()
-        metadata.plugin_data.plugin_name = "scalars"
-        with self._writer.as_default(step=int(logs["step"])):
-            for key, value in logs.items():
-                if key not in ("epoch", "step"):
-                    tf.summary.write(key, tf.constant(value, tf.float32), metadata=metadata)
-        self._writer.flush()
-        for name in os.listdir(local):  # events files only grow; re-uploading them whole keeps it simple
-            self.store.put_file(os.path.join(local, name), join(self.cfg.out, TENSORBOARD, name))
-
-    def _load_history(self, start: int) -> list[dict[str, float]]:
-        url = join(self.cfg.out, TRAINING_JSON)
-        if not self.store.exists(url):
-            return []
-        done = start // self.steps_per_epoch
-        epochs: list[dict[str, float]] = json.loads(self.store.read_text(url)).get("history", [])
-        return [h for h in epochs if h.get("epoch", 0) <= done]
-
+    # -- records (chief) -----------------------------------------------------------------------------------
     def _write_history(self, history: list[dict[str, float]], start: int) -> None:
         if not self.role.is_chief:
             return
-        record = {
-            "config": self.cfg.public(),
-            "architecture": self.cfg.architecture(self.source.num_classes, self.source.shape[:2]),
-            "dataset": {
-                "id": self.source.manifest.dataset_id,
-                "url": redact(self.source.base),
-                "class_names": self.source.class_names,
-                "rows": {s: self.source.rows(s) for s in self.source.manifest.splits},
-            },
-            "job": {
-                "workers": self.role.num_workers,
-                "replicas": self.replicas,
-                "mixed_precision": self.mixed,
-                "xla": self.xla,
-                "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps,
-                "resumed_from_step": start,
-            },
-            "history": history,
+        job = {
+            "workers": self.role.num_workers,
+            "replicas": self.replicas,
+            "mixed_precision": self.mixed,
+            "xla": self.xla,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "resumed_from_step": start,
         }
-        self.store.write_text(join(self.cfg.out, TRAINING_JSON), json.dumps(record, indent=2) + "\n")
-
-    def _export(self, weights: list[Any]) -> str:
-        """A float32, non-distributed copy of the model (same weights) is what gets served."""
-        from cifarflow.train import export, model
-
-        serving = model.build(
-            self.cfg,
-            num_classes=self.source.num_classes,
-            mean=self.source.stats.mean,
-            std=self.source.stats.std,
-            shape=self.source.shape,
-        )
-        serving.set_weights(weights)
-        return export.export(serving, self.source.class_names, self.store, self.cfg.out)
+        records.write_history(self.store, self.cfg, self.source, job=job, history=history)
 
     def _log_plan(self, start: int) -> None:
         log.info(
@@ -611,26 +470,6 @@ def smoothed_cross_entropy(labels: Any, logits: Any, num_classes: int, smoothing
     logits = tf.cast(logits, tf.float32)
     targets = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + smoothing / num_classes
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-
-
-def _cause(text: str | None) -> str:
-    """The line of a gRPC/collective error that says what happened to the peer."""
-    text = text or ""
-    for marker in _PEER_GONE:
-        if marker in text:
-            return marker
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else "no details"
-
-
-_PEER_GONE = (
-    "Connection reset by peer",
-    "Connection refused",
-    "Socket closed",
-    "failed to connect to all addresses",
-    "is down",
-    "Deadline Exceeded",
-)
 
 
 def _val_text(logs: dict[str, float]) -> str:
