@@ -20,11 +20,13 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -827,6 +829,50 @@ def test_the_jvm_stderr_keeps_what_a_user_can_act_on() -> None:
     ]
     pump.quiet.set()  # a job failed or was interrupted: its one error line says it all
     assert not pump.shown("12:00:03 ERROR spark TaskSchedulerImpl: Exception in statusUpdate\n")
+
+
+class _StandInContext:
+    """A SparkContext's cancelAllJobs, as the helper thread of :class:`sparkmod.Signals` calls it."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancelAllJobs(self) -> None:
+        self.cancelled.set()
+
+
+# A py4j call blocked on a running job: code whose file is under py4j/, that returns (or, with fail, raises the
+# job's error) once the jobs are cancelled.
+PY4J_CALL = compile(
+    "context.cancelled.wait(20)\nreturned.append(True)\nif fail: raise RuntimeError('job cancelled')",
+    f"{os.sep}site-packages{os.sep}py4j{os.sep}java_gateway.py",
+    "exec",
+)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_signal_in_a_py4j_call_cancels_the_jobs_and_is_raised_outside_it(fail: bool) -> None:
+    """The cause of the ctrl-c flake: Ctrl-C raised inside a py4j call broke its connection, and the clean-up's
+    next JVM call failed with an error that replaced the KeyboardInterrupt (exit 2, "the Spark job failed:
+    Answer from Java side is empty"). Now the call is left to return (the jobs are cancelled from another
+    thread) and the interruption is raised in Python code, or by the session when the call's error comes
+    first."""
+    context = _StandInContext()
+    returned: list[bool] = []
+    main = threading.main_thread().ident
+    assert main is not None
+    spark = cast(Any, SimpleNamespace(sparkContext=context))
+    with pytest.raises(KeyboardInterrupt) as raised, sparkmod.Signals(spark) as signals:
+        threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+        try:
+            exec(PY4J_CALL, {"context": context, "returned": returned, "fail": fail})
+            time.sleep(10)  # back in Python code: the deferred signal lands here
+        except RuntimeError:
+            signals.hold()  # what the session does with the cancelled job's error
+            raise
+    assert context.cancelled.is_set() and returned == [True]  # the call was not cut short
+    assert isinstance(raised.value.__context__, RuntimeError) == fail
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow
