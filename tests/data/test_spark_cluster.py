@@ -1,6 +1,7 @@
 """preprocess on a real Spark standalone cluster (a master and two workers on 127.0.0.1), with an executor
 SIGKILLed in the middle of the write pass: the job must finish with a manifest byte-identical to an
-undisturbed run's.
+undisturbed run's; and an image folder (mixed sizes, a broken file) decoded and resized by the executors into
+the dataset Spark local mode writes.
 
 The cluster is started with pyspark's bundled ``bin/spark-class`` and always torn down (each daemon is in its
 own process group, so executors and their Python workers go with it).
@@ -23,8 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from cifarflow.data import manifest as mf
+from cifarflow.data import preprocess as pre
+from cifarflow.data.ingest import ingest
 from cifarflow.data.manifest import MANIFEST, STATS
+from cifarflow.data.synth_folders import write_image_folder
 from cifarflow.storage import Store
+
+from .test_images_e2e import with_a_broken_file
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +177,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _preprocess(cluster: Cluster, raw: str, out: Path, delay: float) -> subprocess.Popen[bytes]:
+def _preprocess(cluster: Cluster, raw: str, out: Path, delay: float, *extra: str) -> subprocess.Popen[bytes]:
     env = {
         **cluster.env,
         "CIFARFLOW_TEST_TASK_DELAY_S": str(delay),
@@ -191,6 +198,7 @@ def _preprocess(cluster: Cluster, raw: str, out: Path, delay: float) -> subproce
         cluster.master,
         "--seed",
         "3",
+        *extra,
     ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -248,3 +256,27 @@ def test_an_executor_killed_mid_job_changes_nothing(cluster: Cluster, raw: str, 
     }  # no strays, no orphans
     assert [p.name for p in rough.iterdir()] == [dataset_id]  # the attempt folder went with the commit
     assert victims[0] not in cluster.executors()  # it really died (the worker started a new one)
+
+
+def test_preprocess_on_a_standalone_cluster_reads_an_image_folder(cluster: Cluster, tmp_path: Path) -> None:
+    """Two one-core executors decode and resize a mixed-size folder with a broken file: the same dataset, byte
+    for byte, as Spark local mode writes."""
+    store = Store()
+    src = str(tmp_path / "src")
+    write_image_folder(src, classes=4, train=240, test=60, size=36, seed=4, vary=0.25, store=store)
+    with_a_broken_file(store, src)
+    raw = ingest(src, str(tmp_path / "bucket"), store=store).raw_url
+
+    on_cluster, _ = _finish(_preprocess(cluster, raw, tmp_path / "cluster", 0.0, "--image-size", "32"))
+    local = pre.preprocess(raw, str(tmp_path / "local"), seed=3, image_size=32, store=store)
+    dataset_id = on_cluster.split("dataset: ")[1].split()[0]
+    assert local.dataset_id == dataset_id
+    for name in (MANIFEST, STATS):
+        cluster_bytes = (tmp_path / "cluster" / dataset_id / name).read_bytes()
+        assert cluster_bytes == (tmp_path / "local" / dataset_id / name).read_bytes(), name
+    manifest, base = mf.load(store, str(tmp_path / "cluster" / dataset_id))
+    mf.verify(store, manifest, base)
+    assert (manifest.image.height, manifest.image.width) == (32, 32) and manifest.num_classes == 4
+    stats = mf.load_stats(store, manifest, base)
+    assert stats.skipped is not None and stats.skipped.undecodable == 1
+    assert sum(s.rows for s in manifest.splits.values()) == 300
