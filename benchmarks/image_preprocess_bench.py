@@ -360,6 +360,14 @@ def plot(args: argparse.Namespace) -> None:
             )
             if points:
                 ax.plot(*zip(*points, strict=True), "o-", color=color, label=label)
+            if points and engine == "floor":  # the aim for the job: 1.6x the floor
+                ax.plot(
+                    [n for n, _ in points],
+                    [1.6 * v for _, v in points],
+                    ":",
+                    color=color,
+                    label="aim: 1.6x floor",
+                )
         for (e, s, n), r in best.items():
             other = best.get(("floor", s, n))
             if e == "spark" and s == size and other:
@@ -367,9 +375,17 @@ def plot(args: argparse.Namespace) -> None:
                 cpu = other["cpu_s"] / r["cpu_s"]
                 text = f"x{wall:.2f} wall\nx{cpu:.2f} CPU"
                 ax.annotate(
-                    text, (n, r["images_per_s"]), textcoords="offset points", xytext=(4, 6), fontsize=7
+                    text,
+                    (n, r["images_per_s"]),
+                    textcoords="offset points",
+                    xytext=(0, 8),
+                    ha="center",
+                    fontsize=7,
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "#1f77b4", "alpha": 0.9},
                 )
         ax.set_xscale("log")
+        ax.set_xlim(500, 200_000)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("images")
         ax.set_title(f"{size} px", fontsize=10)
         ax.grid(alpha=0.3)
