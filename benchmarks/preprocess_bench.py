@@ -235,9 +235,21 @@ def prepare(workdir: Path, scale: int, fmt: str) -> tuple[str, int]:
     return str(raw), train + test
 
 
+def _stamp(log: str, pattern: str) -> float | None:
+    """The time (seconds in the day) of the first log line matching ``pattern``."""
+    found = re.search(r"^\S+ (\d\d):(\d\d):(\d\d),(\d{3}) \w+ cifarflow\S* " + pattern, log, re.MULTILINE)
+    if not found:
+        return None
+    h, m, sec, ms = (int(x) for x in found.groups())
+    return h * 3600 + m * 60 + sec + ms / 1000
+
+
 def phases(log: str) -> dict[str, float]:
-    """Seconds per phase, from the job's own log lines."""
+    """Seconds per phase, from the job's own log lines (``start_s``: from the plan's line to Spark's)."""
     out: dict[str, float] = {}
+    planned, started = _stamp(log, "preprocessing "), _stamp(log, r"Spark \S+, master")
+    if planned is not None and started is not None:
+        out["start_s"] = round(started - planned, 2)
     for key, pattern in (("pass1_s", r"pass 1: .*\(([\d.]+) s\)"), ("pass2_s", r"pass 2: .*\(([\d.]+) s\)")):
         found = re.search(pattern, log)
         if found:
@@ -278,6 +290,42 @@ def run(args: argparse.Namespace) -> None:
                     "peak_rss": peaks.rss,
                     "peak_total_rss": peaks.total_rss,
                     "peak_total_pss": peaks.total_pss,
+                    "machine": machine(),
+                    "when": time.strftime("%Y-%m-%d %H:%M"),
+                },
+            )
+
+
+def paired(args: argparse.Namespace) -> None:
+    """Interleaved fresh-process runs of variants (environment settings; PYTHONPATH=<tree>/src runs another
+    checkout's code), alternating which goes first, so that load drifts hit every variant alike."""
+    workdir = Path(args.workdir)
+    raw, images = prepare(workdir, 1, args.format)
+    variants = []
+    for text in args.variant:
+        name, _, settings = text.partition(":")
+        variants.append((name, dict(x.split("=", 1) for x in settings.split(",") if x)))
+    for pair in range(args.pairs):
+        for name, env in variants if pair % 2 == 0 else variants[::-1]:
+            out = workdir / "datasets" / f"paired-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            command = cifarflow("preprocess", "--raw", raw, "--out", str(out), "--master", args.master)
+            seconds, peaks, log = measured(
+                command, {**os.environ, "CIFARFLOW_SPARK_UI": "0", **env}, workdir / f"paired-{name}.log"
+            )
+            record(
+                "preprocess_paired",
+                {
+                    "label": args.label,
+                    "variant": name,
+                    "env": env,
+                    "pair": pair,
+                    "images": images,
+                    "seconds": round(seconds, 2),
+                    "cpu_s": round(peaks.cpu_seconds, 1),
+                    "cpu_s_by_role": peaks.cpu_by_role(),
+                    **phases(log),
+                    "dataset": next(out.iterdir()).name,
                     "machine": machine(),
                     "when": time.strftime("%Y-%m-%d %H:%M"),
                 },
@@ -460,12 +508,25 @@ def main() -> None:
     p_run.add_argument("--format", default="python", choices=["python", "binary"])
     p_run.add_argument("--master", default="local[2]")
     p_run.add_argument("--repeat", type=int, default=1)
-    for p in (p_run, sub.add_parser("formats", help="pickle vs Parquet vs SQLite"), sub.add_parser("plot")):
+    p_paired = sub.add_parser("paired", help="interleaved 1x runs of variants (before/after tables)")
+    p_paired.add_argument("--variant", action="append", required=True, help="NAME:ENV=VALUE,ENV=VALUE")
+    p_paired.add_argument("--pairs", type=int, default=3)
+    p_paired.add_argument("--label", default="", help="what the variants compare")
+    p_paired.add_argument("--format", default="python", choices=["python", "binary"])
+    p_paired.add_argument("--master", default="local[2]")
+    for p in (
+        p_run,
+        p_paired,
+        sub.add_parser("formats", help="pickle vs Parquet vs SQLite"),
+        sub.add_parser("plot"),
+    ):
         p.add_argument("--workdir", default="/tmp/cifarflow-bench")
     args = parser.parse_args()
     if args.what == "run":
         args.scale = args.scale or [1, 10]
         run(args)
+    elif args.what == "paired":
+        paired(args)
     elif args.what == "formats":
         formats(args)
     else:

@@ -805,12 +805,84 @@ def test_the_command_is_quiet_and_a_task_error_is_its_last_line(planted: Any, tm
     no_dataset_left(tmp_path / "bad")
 
 
+def archive_in(cache: Path) -> Path:
+    """The class-data-sharing archive ``cifarflow preprocess`` uses with XDG_CACHE_HOME=cache."""
+    java = sparkmod.java_binary()
+    assert java is not None
+    return cache / "cifarflow" / "cds" / sparkmod.archive_name(java)
+
+
+def wait_for_archive(path: Path, timeout: float = 300.0) -> None:
+    """The detached helper installs the archive once the JVM that wrote it has exited and it was checked."""
+    deadline = time.monotonic() + timeout
+    while not sparkmod.archive_ok(path):
+        assert time.monotonic() < deadline, sorted(p.name for p in path.parent.iterdir())
+        time.sleep(1.0)
+    assert not list(path.parent.glob("*.tmp")), "the helper leaves no temporary file"
+
+
+@pytest.mark.slow
+def test_the_jvm_class_archive_is_made_once_used_after_and_never_heard(planted: Any, tmp_path: Path) -> None:
+    """A fresh cache (the run writes the archive as its JVM exits, a helper installs it), a populated one (the
+    archive is mapped, not rewritten), a corrupt archive (garbage, or garbage after a valid magic number: made
+    again, or refused by the JVM) and an unwritable cache folder: every run succeeds, writes the same dataset and
+    prints nothing but cifarflow's own log lines."""
+    _, _, raw = planted
+    cache = tmp_path / "cache"
+    archive = archive_in(cache)
+    manifests: list[bytes] = []
+
+    def preprocess(name: str, cache_home: Path) -> None:
+        out = tmp_path / name
+        proc = start_preprocess(raw, out, XDG_CACHE_HOME=str(cache_home))
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
+        noise = [line for line in stderr.splitlines() if " INFO cifarflow." not in line]
+        assert noise == [] and stdout.startswith("dataset: ds-"), stderr + stdout
+        (dataset,) = out.iterdir()
+        manifests.append(dataset.name.encode() + (dataset / mf.MANIFEST).read_bytes())
+
+    preprocess("fresh", cache)
+    wait_for_archive(archive)
+    installed = archive.stat().st_mtime_ns
+    preprocess("populated", cache)
+    assert archive.stat().st_mtime_ns == installed and not list(archive.parent.glob("*.tmp"))
+
+    size = archive.stat().st_size
+    archive.chmod(0o644)
+    archive.write_bytes(sparkmod.CDS_MAGIC + os.urandom(size - len(sparkmod.CDS_MAGIC)))
+    preprocess("refused", cache)  # the JVM refuses it and starts without
+    archive.write_bytes(os.urandom(size))
+    preprocess("garbage", cache)
+    wait_for_archive(archive)  # not an archive at all: made again
+
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a file where the cache folder should be")
+    preprocess("unwritable", not_a_folder)
+    assert not_a_folder.read_text().startswith("a file")
+    assert len(set(manifests)) == 1, "the archive changes nothing the job writes"
+
+
+def test_the_class_archive_can_be_switched_off(monkeypatch: Any, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CIFARFLOW_SPARK_CDS", "0")
+    assert sparkmod.ClassArchive.for_this_jvm() is None
+    monkeypatch.setenv("CIFARFLOW_SPARK_CDS", "1")
+    created = sparkmod.ClassArchive.for_this_jvm()
+    assert created is not None and created.creating is not None and created.creating.exists()
+    assert "-XX:ArchiveClassesAtExit=" in created.options()
+    # A second run while the first is still writing it neither uses nor writes an archive.
+    assert sparkmod.ClassArchive.for_this_jvm() is None
+
+
 def test_the_jvm_stderr_keeps_what_a_user_can_act_on() -> None:
     pump = sparkmod.JvmStderr(io.BytesIO(b""))
     shown = [
         line
         for line in [
             "WARNING: Using incubator modules: jdk.incubator.vector",
+            "[0.392s][warning][cds,dynamic] Unable to use shared archive. The top archive failed to load: a.jsa",
+            "[1.2s][warning][cds] Skipping org/codehaus/janino/UnitCompiler$36: Signed JAR",
             "12:00:01 WARN spark TaskSchedulerImpl: Lost executor 0 on 127.0.0.1: worker lost",
             "java.util.concurrent.RejectedExecutionException: Task rejected",
             "\tat org.apache.spark.scheduler.TaskResultGetter.enqueueFailedTask(TaskResultGetter.scala:137)",
