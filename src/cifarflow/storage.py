@@ -97,11 +97,17 @@ class Store:
 
     def __init__(self, config: StorageConfig | None = None) -> None:
         self.config = config or StorageConfig.from_env()
+        self._local: AbstractFileSystem | None = None
 
     # -- plumbing -------------------------------------------------------------------------------------------
     def fs(self, url: str) -> tuple[AbstractFileSystem, str]:
         url = normalize(url)
         protocol = url.split("://", 1)[0].lower()
+        if protocol == "file":
+            # Hot in Spark tasks that read many small files: fsspec's URL parsing costs more than the read.
+            if self._local is None:
+                self._local = fsspec.filesystem("file")
+            return self._local, url[len("file://") :]
         if protocol in ("gs", "gcs"):
             # gcsfs probes for hierarchical-namespace buckets by default; against emulators each probe stalls.
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -121,6 +127,7 @@ class Store:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config = state["config"]
+        self._local = None
 
     # -- reads ----------------------------------------------------------------------------------------------
     def exists(self, url: str) -> bool:
