@@ -16,6 +16,7 @@ Results are appended to ``benchmarks/results/*.json`` (one JSON object a line).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -326,6 +327,10 @@ def paired(args: argparse.Namespace) -> None:
                     "cpu_s_by_role": peaks.cpu_by_role(),
                     **phases(log),
                     "dataset": next(out.iterdir()).name,
+                    # Every variant must write the same dataset: its manifest's bytes say so.
+                    "manifest_sha256": hashlib.sha256(
+                        next(out.iterdir()).joinpath("_manifest.json").read_bytes()
+                    ).hexdigest(),
                     "machine": machine(),
                     "when": time.strftime("%Y-%m-%d %H:%M"),
                 },
