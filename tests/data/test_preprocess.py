@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cifarflow.cli import main as cli_main
+from cifarflow.data import jvm_archive, spark_signals
 from cifarflow.data import manifest as mf
 from cifarflow.data import preprocess as pre
 from cifarflow.data import spark as sparkmod
@@ -807,15 +808,15 @@ def test_the_command_is_quiet_and_a_task_error_is_its_last_line(planted: Any, tm
 
 def archive_in(cache: Path) -> Path:
     """The class-data-sharing archive ``cifarflow preprocess`` uses with XDG_CACHE_HOME=cache."""
-    java = sparkmod.java_binary()
+    java = jvm_archive.java_binary()
     assert java is not None
-    return cache / "cifarflow" / "cds" / sparkmod.archive_name(java)
+    return cache / "cifarflow" / "cds" / jvm_archive.archive_name(java)
 
 
 def wait_for_archive(path: Path, timeout: float = 300.0) -> None:
     """The detached helper installs the archive once the JVM that wrote it has exited and it was checked."""
     deadline = time.monotonic() + timeout
-    while not sparkmod.archive_ok(path):
+    while not jvm_archive.archive_ok(path):
         assert time.monotonic() < deadline, sorted(p.name for p in path.parent.iterdir())
         time.sleep(1.0)
     assert not list(path.parent.glob("*.tmp")), "the helper leaves no temporary file"
@@ -850,7 +851,7 @@ def test_the_jvm_class_archive_is_made_once_used_after_and_never_heard(planted: 
 
     size = archive.stat().st_size
     archive.chmod(0o644)
-    archive.write_bytes(sparkmod.CDS_MAGIC + os.urandom(size - len(sparkmod.CDS_MAGIC)))
+    archive.write_bytes(jvm_archive.CDS_MAGIC + os.urandom(size - len(jvm_archive.CDS_MAGIC)))
     preprocess("refused", cache)  # the JVM refuses it and starts without
     archive.write_bytes(os.urandom(size))
     preprocess("garbage", cache)
@@ -866,13 +867,13 @@ def test_the_jvm_class_archive_is_made_once_used_after_and_never_heard(planted: 
 def test_the_class_archive_can_be_switched_off(monkeypatch: Any, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CIFARFLOW_SPARK_CDS", "0")
-    assert sparkmod.ClassArchive.for_this_jvm() is None
+    assert jvm_archive.ClassArchive.for_this_jvm() is None
     monkeypatch.setenv("CIFARFLOW_SPARK_CDS", "1")
-    created = sparkmod.ClassArchive.for_this_jvm()
+    created = jvm_archive.ClassArchive.for_this_jvm()
     assert created is not None and created.creating is not None and created.creating.exists()
     assert "-XX:ArchiveClassesAtExit=" in created.options()
     # A second run while the first is still writing it neither uses nor writes an archive.
-    assert sparkmod.ClassArchive.for_this_jvm() is None
+    assert jvm_archive.ClassArchive.for_this_jvm() is None
 
 
 def test_the_jvm_stderr_keeps_what_a_user_can_act_on() -> None:
@@ -904,7 +905,7 @@ def test_the_jvm_stderr_keeps_what_a_user_can_act_on() -> None:
 
 
 class _StandInContext:
-    """A SparkContext's cancelAllJobs, as the helper thread of :class:`sparkmod.Signals` calls it."""
+    """A SparkContext's cancelAllJobs, as the helper thread of :class:`spark_signals.Signals` calls it."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
@@ -934,7 +935,7 @@ def test_a_signal_in_a_py4j_call_cancels_the_jobs_and_is_raised_outside_it(fail:
     main = threading.main_thread().ident
     assert main is not None
     spark = cast(Any, SimpleNamespace(sparkContext=context))
-    with pytest.raises(KeyboardInterrupt) as raised, sparkmod.Signals(spark) as signals:
+    with pytest.raises(KeyboardInterrupt) as raised, spark_signals.Signals(spark) as signals:
         threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
         try:
             exec(PY4J_CALL, {"context": context, "returned": returned, "fail": fail})
