@@ -117,10 +117,10 @@ def train_job(
     settings: K8sSettings, run_id: str, *, data: str, out: str, extra_args: list[str] | None = None
 ) -> JobSpec:
     """A TFJob, or with ``settings.trainer == "trainjob"`` a Trainer v2 TrainJob, running the same arguments."""
-    if settings.trainer == "trainjob":
-        return _trainjob(settings, run_id, tfjob.train_arguments(data, out, extra_args))
-    name = names.job_name(tfjob.STEP, run_id)
     args = tfjob.train_arguments(data, out, extra_args)
+    if settings.trainer == "trainjob":
+        return _trainjob(settings, run_id, args)
+    name = names.job_name(tfjob.STEP, run_id)
     body = _annotated(tfjob.build(settings, name=name, args=args, run_id=run_id), run_id)
     lead = "chief" if settings.train.chief else "worker"
     return JobSpec(
