@@ -222,6 +222,23 @@ class Store:
             else:
                 fs.put_file(local_path, path)
 
+    def move_file(self, local_path: str, url: str) -> None:
+        """Like :meth:`put_file`, consuming ``local_path``: on the same local disk a rename, not a copy."""
+        with translate(url):
+            fs, path = self.fs(url)
+            if not _is_local(fs):
+                fs.put_file(local_path, path)
+            else:
+                with local_tmp(path) as tmp:
+                    try:
+                        os.replace(local_path, tmp)
+                    except OSError as exc:
+                        if exc.errno != errno.EXDEV:
+                            raise
+                        fs.cp_file(local_path, tmp)  # another filesystem
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(local_path)
+
     def remove(self, url: str, recursive: bool = False) -> None:
         """Delete a file or (with ``recursive``) a prefix; missing is fine."""
         with translate(url):

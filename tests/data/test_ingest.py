@@ -26,7 +26,7 @@ import pytest
 from cifarflow.cli import main
 from cifarflow.data import cifar, ingest, synth
 from cifarflow.data.ingest import stream
-from cifarflow.data.ingest.land import Landing
+from cifarflow.data.ingest.land import SPOOL_PREFIX, Landing
 from cifarflow.errors import InputError
 from cifarflow.storage import StorageConfig, Store
 
@@ -203,7 +203,7 @@ def test_ingest_from_http(http_root, archives, tmp_path) -> None:
 def counting(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every write the store makes."""
     writes: list[str] = []
-    for name in ("write_bytes", "put_file"):
+    for name in ("write_bytes", "put_file", "move_file"):
         original = getattr(store, name)
 
         def wrapped(*args, _original=original, _url=0 if name == "write_bytes" else 1, **kwargs):
@@ -674,14 +674,23 @@ def test_disk_full_then_resume(archives, tiny_fs, capsys, quiet) -> None:
 
 
 def test_disk_full_while_copying_a_member(archives, tmp_path, capsys, quiet, monkeypatch) -> None:
-    """ENOSPC half-way through a member's copy (where a tmpfs cannot be mounted): the same one line."""
+    """ENOSPC half-way through a member's copy from the spool to another filesystem (where a tmpfs cannot be
+    mounted): the same one line."""
     from fsspec.implementations.local import LocalFileSystem
 
     def full(self, path1: str, path2: str, **kwargs: object) -> None:
         Path(path2).write_bytes(b"\0" * 100)
         raise OSError(errno.ENOSPC, "No space left on device", path2)
 
+    rename = os.replace
+
+    def across_devices(src: str, dst: str) -> None:
+        if SPOOL_PREFIX in src:  # the spool is on another filesystem: the rename fails, the copy runs
+            raise OSError(errno.EXDEV, "Invalid cross-device link", src)
+        rename(src, dst)
+
     monkeypatch.setattr(LocalFileSystem, "cp_file", full)
+    monkeypatch.setattr(os, "replace", across_devices)
     code, _, err = run_ingest(capsys, str(archives["cifar10-binary"]), str(tmp_path / "w"))
     assert "error: no space left writing file://" in one_error_line(code, err)
     assert tmp_files(tmp_path / "w") == []

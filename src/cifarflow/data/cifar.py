@@ -6,6 +6,7 @@ Images leave this module as rows of 3072 ``uint8`` in HWC order (CIFAR stores CH
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import pickle
 from dataclasses import dataclass
@@ -174,15 +175,21 @@ def _key(d: dict[Any, Any], key: bytes) -> Any:
 
 @dataclass
 class Batch:
-    """Decoded images: ``images`` is (n, 3072) uint8 in HWC order, ``labels`` is (n,) int32."""
+    """Decoded images: ``planes`` is (n, 3072) uint8 as CIFAR stores them (the R, G and B planes, CHW),
+    ``labels`` is (n,) int32; ``images`` is the HWC form, made on first use (validating needs no copy)."""
 
-    images: np.ndarray
+    planes: np.ndarray
     labels: np.ndarray
     member: str  # which archive member they came from, for ids and error messages
     first_index: int = 0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @functools.cached_property
+    def images(self) -> np.ndarray:
+        """(n, 3072) uint8 in HWC order."""
+        return chw_to_hwc(self.planes)
 
     def ids(self) -> list[str]:
         return [f"{self.member}:{i:07d}" for i in range(self.first_index, self.first_index + len(self))]
@@ -227,7 +234,7 @@ def decode_python(data: bytes, layout: Layout, member: str) -> Batch:
             f"{member}: images have shape {got}, expected N x {IMAGE_BYTES} (32x32x3)",
             "cifarflow reads 32x32 RGB CIFAR images only; resize the data first",
         )
-    return _checked(Batch(chw_to_hwc(arr), _int_labels(labels, layout, member), member), layout)
+    return _checked(Batch(arr, _int_labels(labels, layout, member), member), layout)
 
 
 def _int_labels(labels: Any, layout: Layout, member: str) -> np.ndarray:
@@ -283,16 +290,16 @@ def decode_binary(data: bytes | memoryview, layout: Layout, member: str, first_i
         )
     recs = np.frombuffer(data, dtype=np.uint8).reshape(-1, size)
     labels = recs[:, layout.label_offset].astype(np.int64)
-    return _checked(Batch(chw_to_hwc(recs[:, layout.label_bytes :]), labels, member, first_index), layout)
+    return _checked(Batch(recs[:, layout.label_bytes :], labels, member, first_index), layout)
 
 
 def _checked(batch: Batch, layout: Layout) -> Batch:
     n = len(batch)
     if n == 0:
         raise InputError(f"{batch.member}: holds no images", "the archive is empty or truncated")
-    if batch.images.shape[0] != n:
+    if batch.planes.shape[0] != n:
         raise InputError(
-            f"{batch.member}: {batch.images.shape[0]} images but {n} labels", "regenerate the archive"
+            f"{batch.member}: {batch.planes.shape[0]} images but {n} labels", "regenerate the archive"
         )
     lo, hi = int(batch.labels.min()), int(batch.labels.max())
     if lo < 0 or hi >= layout.num_classes:

@@ -82,8 +82,7 @@ class Landing:
         self, member: LandedMember, url: str, record: str, data: bytes | None, local_path: str | None
     ) -> None:
         if local_path is not None:
-            self.store.put_file(local_path, url)
-            os.remove(local_path)  # the spool holds the members in flight, not the archive
+            self.store.move_file(local_path, url)  # the spool holds the members in flight, not the archive
         else:
             self.store.write_bytes(url, data or b"")
         self.store.write_text(record, member.model_dump_json())
