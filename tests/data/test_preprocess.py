@@ -151,15 +151,22 @@ def planted_archive(path: Path, fmt: str = "python", seed: int = 0) -> tuple[Arc
     return archive, {"train_duplicates": 7, "train_in_test": 6, "test_duplicates": 2}
 
 
+def content_hash(img: bytes) -> bytes:
+    """blake2b-128 of an image's pixels as CIFAR stores them (the CHW planes), from its HWC bytes."""
+    return hashlib.blake2b(
+        hwc_to_chw(np.frombuffer(img, np.uint8).reshape(1, -1)).tobytes(), digest_size=16
+    ).digest()
+
+
 def reference(archive: Archive, val_fraction: float, seed: int) -> dict[str, dict[str, tuple[int, bytes]]]:
     """What the dataset must hold, computed in plain Python from the images the test wrote."""
     rows = sorted(archive.rows())
-    test_hashes = {hashlib.blake2b(img, digest_size=16).digest() for _, s, _, img in rows if s == "test"}
+    test_hashes = {content_hash(img) for _, s, _, img in rows if s == "test"}
     seen: set[bytes] = set()
     kept: list[tuple[str, int, bytes, bytes]] = []
     out: dict[str, dict[str, tuple[int, bytes]]] = {"train": {}, "val": {}, "test": {}}
     for row_id, split, label, img in rows:
-        digest = hashlib.blake2b(img, digest_size=16).digest()
+        digest = content_hash(img)
         if split == "test":
             out["test"][row_id] = (label, img)
         elif digest not in test_hashes and digest not in seen:

@@ -4,7 +4,7 @@ folder). Everything else (duplicates, leakage, the val cut, the shards, the stat
 path's, unchanged.
 
 - **Ranges.** The index is streamed one shard (<= 1000 records) at a time and cut into ranges of about
-  :data:`~.ranges.RANGE_BYTES` of image files (or ``total / --partitions``), never across an index shard: the
+  :data:`IMAGE_RANGE_BYTES` of image files (or ``total / --partitions``), never across an index shard: the
   driver holds a few numbers per range, not the records, and a task reads its index shard itself.
 - **Rows.** Row ids are ``<index shard>:<record>`` (``part-00003:0000017``), like CIFAR's ``<member>:<record>``,
   so the dropped-duplicates plan is the same; stats.json names skipped files by their path.
@@ -26,7 +26,6 @@ import pyarrow as pa
 from cifarflow.data import manifest as mf
 from cifarflow.data.images import UndecodableImage, decode
 from cifarflow.data.ingest.marker import ImageIndex, ImageRecord, parse_shard
-from cifarflow.data.preprocess import ranges
 from cifarflow.data.preprocess.keys import HASH_BYTES, content_hashes, split_keys
 from cifarflow.data.preprocess.ranges import changed, missing
 from cifarflow.data.preprocess.schema import SCAN_ARROW
@@ -41,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # Bump when a change to the image path changes what it writes for the same input: it is part of the dataset id.
 IMAGE_RECIPE = "cifarflow.preprocess-images/v1"
+# Image files per range, by encoded bytes: smaller than CIFAR's ranges, as a JPEG decodes to ~10x its size.
+IMAGE_RANGE_BYTES = 16 * 2**20
 # A flat folder (no test/ folder): this share of each class's images becomes the test split.
 FLAT_TEST_FRACTION = 0.2
 
@@ -134,7 +135,7 @@ def _member(shard_path: str) -> str:
 def plan_image_ranges(store: Store, source: ImageInput, partitions: int | None = None) -> list[ImageRange]:
     """Cut the streamed index into ranges of about the target bytes (module docstring)."""
     index, raw_url = source.index, source.raw_url
-    target = math.ceil(index.bytes / partitions) if partitions else ranges.RANGE_BYTES
+    target = math.ceil(index.bytes / partitions) if partitions else IMAGE_RANGE_BYTES
     out: list[ImageRange] = []
     for shard, records in zip(index.shards, index.batches(store, raw_url), strict=True):
         url, member = index.shard_url(raw_url, shard), _member(shard.path)
@@ -184,7 +185,7 @@ def image_rows(ctx: TaskContext, part: ImageRange) -> Rows:
         positions=np.array([p for p, _, _ in good], dtype=np.int64),
         src=np.array([r.split for _, r, _ in good], dtype=str),
         labels=np.array([r.label for _, r, _ in good], dtype=np.int32),
-        images=np.stack([a.reshape(-1) for _, _, a in good]) if good else np.zeros((0, 3), np.uint8),
+        content=np.stack([a.reshape(-1) for _, _, a in good]) if good else np.zeros((0, 3), np.uint8),
     )
 
 

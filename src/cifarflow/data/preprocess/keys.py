@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HASH_BYTES = 16  # blake2b-128 of an image's HWC bytes: the content address used for exact-duplicate detection
+HASH_BYTES = (
+    16  # blake2b-128 of an image's pixels as stored: the content address for exact-duplicate detection
+)
 _INT64_MIN = np.iinfo(np.int64).min
 
 

@@ -21,9 +21,11 @@ from cifarflow.storage import Store, join, redact
 
 log = logging.getLogger(__name__)
 
-# Input files are cut into ranges of about this size when --partitions is not given. It depends on the data
+# Binary files are cut into ranges of about this size when --partitions is not given. It depends on the data
 # only, not on the cluster: the same input gives the same shards (and manifest) on a laptop and a cluster.
-RANGE_BYTES = 16 * 2**20
+# A task costs ~30 ms of fixed CPU (Python worker and JVM), so ranges are large: 64 MiB is a task's memory
+# bounded at ~200 MB; 16 MiB spent 12% more CPU at 10x (docs/benchmarks.md).
+RANGE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
