@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when a change to the image path changes what it writes for the same input: it is part of the dataset id.
-IMAGE_RECIPE = "cifarflow.preprocess-images/v1"
+IMAGE_RECIPE = "cifarflow.preprocess-images/v2"  # v2: XXH3-128 content hashes
 # Image files per range, by encoded bytes: smaller than CIFAR's ranges, as a JPEG decodes to ~10x its size.
 IMAGE_RANGE_BYTES = 16 * 2**20
 # A flat folder (no test/ folder): this share of each class's images becomes the test split.

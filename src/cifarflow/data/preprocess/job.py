@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when a change to this job changes what it writes for the same input: it is part of the dataset id.
-RECIPE = "cifarflow.preprocess/v2"  # v2: content hashes over the CHW planes (pass 1 decodes nothing)
+RECIPE = "cifarflow.preprocess/v2"  # v2: XXH3-128 of the CHW planes as stored (pass 1 decodes nothing)
 
 
 @dataclass

@@ -3,16 +3,17 @@ per-channel moments. No Spark, no storage: the same functions run on executors a
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
-HASH_BYTES = (
-    16  # blake2b-128 of an image's pixels as stored: the content address for exact-duplicate detection
-)
+# XXH3-128 of an image's pixels as stored: the content address for exact-duplicate detection. Not
+# cryptographic, and need not be: a chance collision among 10^9 images is ~1e-21, and anyone able to plant
+# a collision could plant the duplicate itself. 10x cheaper than blake2b (0.4 vs 3.9 us an image).
+HASH_BYTES = 16
 _INT64_MIN = np.iinfo(np.int64).min
 
 
@@ -22,10 +23,8 @@ def val_count(n: int, val_fraction: float) -> int:
 
 
 def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """(n, 16) uint8 blake2b-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
-    digests = b"".join(
-        hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=HASH_BYTES).digest() for row in images
-    )
+    """(n, 16) uint8 XXH3-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
+    digests = b"".join(xxhash.xxh3_128_digest(np.ascontiguousarray(row).data) for row in images)
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, HASH_BYTES)
 
 
