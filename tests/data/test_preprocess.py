@@ -6,6 +6,7 @@ test pays for the JVM.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import itertools
@@ -41,7 +42,7 @@ from cifarflow.data import preprocess as pre
 from cifarflow.data import spark as sparkmod
 from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, hwc_to_chw
 from cifarflow.data.preprocess import job as preprocess_job
-from cifarflow.data.preprocess import ranges
+from cifarflow.data.preprocess import ranges, tasks
 from cifarflow.errors import ConflictError, InputError, JobError, marked
 from cifarflow.storage import Store
 
@@ -355,6 +356,19 @@ def test_dedup_leakage_and_stratified_cut_in_spark(spark: Any) -> None:
     assert plan.expected(0.2, 10)["val"][:2] == [2, 3]
     no_val = pre.plan_split(pre.annotate(df), 0.0, 10)
     assert no_val.cutoffs.keys == {} and no_val.expected(0.0, 10)["val"] == [0] * 10
+
+
+def test_a_worker_heap_is_frozen_after_its_first_task() -> None:
+    """PySpark's daemon collects garbage after every task: what the first task left alive is frozen once."""
+    gc.unfreeze()
+    try:
+        task = tasks.guarded(lambda ctx, part: iter([pa.record_batch([pa.array([part])], names=["n"])]))
+        ranges_in = iter([pa.record_batch([pa.array([0, 1])], names=["id"])])
+        out = list(task(ranges_in, ctx=SimpleNamespace(ranges=["a", "b"])))
+        assert [b.column(0).to_pylist() for b in out] == [["a"], ["b"]]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 # -- end to end on file:// -----------------------------------------------------------------------------------

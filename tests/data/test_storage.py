@@ -44,6 +44,20 @@ def test_gcs_roundtrip(gcs_server, gcs_bucket) -> None:
     _roundtrip(gcs_server.store(), gcs_bucket)
 
 
+def test_move_file_renames_on_one_disk_and_uploads_to_a_bucket(tmp_path, s3_server, s3_bucket) -> None:
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"member")
+    inode = spool.stat().st_ino
+    Store().move_file(str(spool), str(tmp_path / "raw" / "m"))
+    assert not spool.exists() and (tmp_path / "raw" / "m").read_bytes() == b"member"
+    assert (tmp_path / "raw" / "m").stat().st_ino == inode  # renamed, not copied
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["m"]
+    spool.write_bytes(b"to a bucket")
+    store = s3_server.store()
+    store.move_file(str(spool), join(s3_bucket, "m"))
+    assert not spool.exists() and store.read_bytes(join(s3_bucket, "m")) == b"to a bucket"
+
+
 class _Boom(Exception):
     """A writer's own failure in the middle of an atomic write."""
 
