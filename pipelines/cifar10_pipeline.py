@@ -131,7 +131,7 @@ def cifar10_pipeline(  # noqa: PLR0917 - KFP calls a pipeline function with posi
         bucket_secret: Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the steps (optional).
         val_fraction: Share of each class's train images held out for validation.
         seed: Seed of the train/val split and of training.
-        partitions: Spark read tasks (0 = one per input file or 16 MiB range).
+        partitions: Spark read tasks (0 = one per input file or 64 MiB range).
         image_size: Image folders: resize to NxN, shorter side then centre crop (0 = keep their one size).
         strict: Image folders: an undecodable file fails the job (false: skipped and listed in stats.json).
         spark_executors: Initial Spark executors (dynamic allocation scales from there).

@@ -87,7 +87,7 @@ def preprocess(
         workdir: Bucket URL for raw data, datasets and models ("" = the cluster's CIFARFLOW_WORKDIR).
         val_fraction: Share of each class's train images held out for validation.
         seed: Seed of the train/val split.
-        partitions: Spark read tasks (0 = one per input file or 16 MiB range).
+        partitions: Spark read tasks (0 = one per input file or 64 MiB range).
         image_size: Image folders: resize to NxN (0 = keep their one size); the job's --image-size.
         strict: Image folders: stop at an undecodable file instead of skipping it; the job's --strict.
         backend: k8s (a SparkApplication) or local (Spark local mode in this pod).
