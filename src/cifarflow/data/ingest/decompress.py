@@ -15,11 +15,13 @@ from cifarflow.data.ingest.source import CHUNK, ArchiveSource
 from cifarflow.errors import InputError
 
 gzip_reader: types.ModuleType = gzip
+threaded_reader: types.ModuleType | None = None
 InflateError: type[Exception] = zlib.error
 try:  # ISA-L's inflate: the same format and checks (CRC-32, length) as gzip's, ~1.7x faster (benchmarks.md)
-    from isal import igzip, isal_zlib
+    from isal import igzip, igzip_threaded, isal_zlib
 
-    gzip_reader, InflateError = igzip, cast(type[Exception], isal_zlib.error)
+    gzip_reader, threaded_reader = igzip, igzip_threaded
+    InflateError = cast(type[Exception], isal_zlib.error)
 except ImportError:  # a platform without its wheels: the standard library's
     pass
 
@@ -43,14 +45,20 @@ class Expanded(io.RawIOBase):
     Python's tarfile stream mode never checks the gzip trailer; :class:`gzip.GzipFile` does (CRC-32 and length)
     once it is read to the end, and so do the bz2 and xz readers. ``ahead``: how far the reader's buffer may
     run past what it has consumed; the count may pass the limit by that much first, so that the tar walk's
-    exact checks (a member's declared size) are met before it.
+    exact checks (a member's declared size) are met before it. ``threaded``: a gzip stream is inflated on a
+    thread of its own, beside the reader's work (close it: :meth:`close` stops the thread).
     """
 
-    def __init__(self, raw: io.RawIOBase, limit: int, ahead: int = 0) -> None:
-        self._inner = _decompressor(raw)
+    def __init__(self, raw: io.RawIOBase, limit: int, ahead: int = 0, threaded: bool = False) -> None:
+        self._inner = _decompressor(raw, threaded)
         self.limit = limit
         self.ahead = ahead
         self.bytes = 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -74,10 +82,12 @@ class Expanded(io.RawIOBase):
             pass
 
 
-def _decompressor(raw: io.RawIOBase) -> io.BufferedIOBase:
+def _decompressor(raw: io.RawIOBase, threaded: bool) -> io.BufferedIOBase:
     buffered = io.BufferedReader(raw, CHUNK)
     head = buffered.peek(6)[:6]
     if head.startswith(b"\x1f\x8b"):
+        if threaded and threaded_reader is not None:
+            return cast(io.BufferedIOBase, threaded_reader.open(buffered, "rb", threads=1, block_size=CHUNK))
         return gzip_reader.GzipFile(fileobj=buffered, mode="rb")
     if head.startswith(b"BZh"):
         return bz2.BZ2File(buffered)
