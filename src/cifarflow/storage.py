@@ -165,6 +165,18 @@ class Store:
                 for p in fs.ls(path, detail=False)
             )
 
+    def sizes(self, url: str) -> dict[str, int]:
+        """Name -> bytes of the files directly under ``url``, from one listing (empty if it does not exist)."""
+        with translate(url):
+            fs, path = self.fs(url)
+            if not fs.exists(path):
+                return {}
+            return {
+                posixpath.basename(e["name"].rstrip("/")): int(e["size"])
+                for e in fs.ls(path, detail=True)
+                if e.get("type") == "file"
+            }
+
     @contextlib.contextmanager
     def open(self, url: str, mode: str = "rb", **kwargs: Any) -> Iterator[IO[Any]]:
         with translate(url):

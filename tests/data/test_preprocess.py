@@ -698,6 +698,19 @@ def test_the_commit_checks_every_shard_it_lists(
     assert not list((tmp_path / "ds").glob("**/_manifest.json"))
     assert not list((tmp_path / "ds").glob("_attempt-*"))
 
+    def move_then_cut(store: Store, src: str, dst: str) -> None:
+        move(store, src, dst)
+        if dst.endswith("part-00001-000.parquet"):
+            path = Path(dst.removeprefix("file://"))
+            path.write_bytes(path.read_bytes()[:-1])
+
+    monkeypatch.setattr(mf, "move", move_then_cut)
+    with pytest.raises(
+        JobError, match=r"part-00001-000.parquet has \d+ bytes, its task wrote \d+, just before"
+    ):
+        pre.preprocess(fresh_raw, str(tmp_path / "ds2"), store=Store())
+    assert not list((tmp_path / "ds2").glob("**/_manifest.json"))
+
 
 @pytest.mark.slow
 def test_a_run_that_fails_beside_another_leaves_it_whole(planted: Any, tmp_path: Path) -> None:

@@ -44,6 +44,16 @@ def test_gcs_roundtrip(gcs_server, gcs_bucket) -> None:
     _roundtrip(gcs_server.store(), gcs_bucket)
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_sizes_lists_the_files_under_a_folder(tmp_path, s3_server, s3_bucket, where: str) -> None:
+    store, base = (Store(), str(tmp_path)) if where == "local" else (s3_server.store(), s3_bucket)
+    store.write_bytes(join(base, "d", "a"), b"12345")
+    store.write_bytes(join(base, "d", "b"), b"")
+    store.write_bytes(join(base, "d", "sub", "c"), b"x")
+    assert store.sizes(join(base, "d")) == {"a": 5, "b": 0}
+    assert store.sizes(join(base, "none")) == {}
+
+
 def test_move_file_renames_on_one_disk_and_uploads_to_a_bucket(tmp_path, s3_server, s3_bucket) -> None:
     spool = tmp_path / "spool"
     spool.write_bytes(b"member")

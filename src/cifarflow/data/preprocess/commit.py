@@ -95,6 +95,23 @@ def _remove_strays(store: Store, dataset_url: str, files: dict[str, list[mf.File
                 store.remove(url, recursive=True)
 
 
+def _check_listed(store: Store, dataset_url: str, files: dict[str, list[mf.FileEntry]]) -> None:
+    """Every listed shard is there with the size its task wrote (one listing a split). Not their contents:
+    each task checksummed the bytes it wrote, every reader checks them again, and re-reading the whole
+    dataset here cost the driver 12 s of its 93 s at 50x (and, on a cluster, a download of every shard)."""
+    for split, entries in files.items():
+        present = store.sizes(join(dataset_url, split))
+        for entry in entries:
+            url = join(dataset_url, entry.path)
+            size = present.get(posixpath.basename(entry.path))
+            if size is None:
+                raise InputError(f"{redact(url)} is listed in the manifest but missing", "re-run preprocess")
+            if size != entry.bytes:
+                raise InputError(
+                    f"{redact(url)} has {size} bytes, its task wrote {entry.bytes}", "re-run preprocess"
+                )
+
+
 def remove_attempt(store: Store, staging: str) -> None:
     """Remove this attempt's own folder, and nothing else: another run of the same input may be filling
     OUT/<id>/ (or its own attempt folder) right now."""
@@ -122,7 +139,7 @@ def check_writable(store: Store, out: str, staging: str) -> None:
 
 
 def commit(job: Job, manifest: mf.Manifest, stats: mf.Stats) -> str:
-    """Move this attempt's shards into OUT/<id>/, check every listed shard's checksum there, then write the
+    """Move this attempt's shards into OUT/<id>/, check that every listed shard is there, then write the
     manifest (the commit). Returns the manifest URL."""
     store, dataset = job.store, job.dataset_url
     if check_destination(store, job.out_url, dataset, job.dataset_id, job.parameters):
@@ -133,7 +150,7 @@ def commit(job: Job, manifest: mf.Manifest, stats: mf.Stats) -> str:
         mf.move(store, join(job.staging_url, entry.path), join(dataset, entry.path))
     _remove_strays(store, dataset, files)
     try:
-        mf.verify(store, manifest, dataset)
+        _check_listed(store, dataset, files)
     except InputError as exc:
         raise JobError(
             f"{exc.problem}, just before the commit: did another run or tool change {redact(dataset)}?",
