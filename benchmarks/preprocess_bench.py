@@ -496,8 +496,13 @@ def plot(args: argparse.Namespace) -> None:
         "(best run of each; synthetic CIFAR-10-format data; 1x = 60k images, 10x = 600k)",
         fontsize=10,
     )
+    save_figure(fig, "preprocess_benchmark.png")
+
+
+def save_figure(fig: Any, name: str) -> None:
+    """Lay out ``fig`` and write it to docs/img/``name``."""
     fig.tight_layout()
-    out = REPO / "docs" / "img" / "preprocess_benchmark.png"
+    out = REPO / "docs" / "img" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     print(out)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preprocess_bench import REPO, RESULTS, Peaks, cifarflow, machine, measured, phases, record
+from preprocess_bench import REPO, RESULTS, Peaks, cifarflow, machine, measured, phases, record, save_figure
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
@@ -303,10 +303,7 @@ def plot(args: argparse.Namespace) -> None:
         "best run of each)",
         fontsize=10,
     )
-    fig.tight_layout()
-    out = REPO / "docs" / "img" / "scale_benchmark.png"
-    fig.savefig(out, dpi=110)
-    print(out)
+    save_figure(fig, "scale_benchmark.png")
 
 
 def main() -> None:
