@@ -1,6 +1,7 @@
 """CIFAR-10/100 on-disk formats: layouts, a restricted unpickler, and vectorised decoders.
 
-Images leave this module as rows of 3072 ``uint8`` in HWC order (CIFAR stores CHW planes), labels as ``int32``.
+Images leave this module as rows of 3072 ``uint8``: ``Batch.planes`` as CIFAR stores them (CHW planes, no copy),
+``Batch.images`` in HWC order (made on first use); labels as ``int32``.
 """
 
 from __future__ import annotations
