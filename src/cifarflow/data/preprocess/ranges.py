@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Binary files are cut into ranges of about this size when --partitions is not given. It depends on the data
 # only, not on the cluster: the same input gives the same shards (and manifest) on a laptop and a cluster.
 # A task costs ~30 ms of fixed CPU (Python worker and JVM), so ranges are large: 16 MiB spent 12% more CPU at
-# 10x; with 64 MiB the two Python workers peak at 0.91 GB together at 50x (0.6 GB with 16 MiB; benchmarks.md).
+# 10x; with 64 MiB the two Python workers peak at 0.88-0.91 GB together at 10x-50x (0.6 GB at 10x with 16 MiB).
 RANGE_BYTES = 64 * 2**20
 
 
