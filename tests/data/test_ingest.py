@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from cifarflow.cli import main
-from cifarflow.data import cifar, ingest, synth
+from cifarflow.data import cifar, content_index, ingest, synth
 from cifarflow.data.ingest import stream
 from cifarflow.data.ingest.land import SPOOL_PREFIX, Landing
 from cifarflow.errors import InputError
@@ -98,6 +98,14 @@ def check_raw(store: Store, raw_url: str, layout: str) -> dict[str, int]:
         batch = decode(data, lay, member.name)
         assert len(batch) == member.rows
         counts[member.split] += len(batch)
+        # Its content index: a label and the hash of the CHW planes an image, in order, as recorded.
+        hashes_url = index.hashes_url(raw_url, member)
+        assert hashes_url is not None
+        records = store.read_bytes(hashes_url)
+        assert hashlib.sha256(records).hexdigest() == member.hashes
+        labels, digests = content_index.decode(records)
+        np.testing.assert_array_equal(labels, batch.labels)
+        np.testing.assert_array_equal(digests, content_index.content_hashes(batch.planes))
     return counts
 
 
@@ -230,15 +238,15 @@ def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
     clean = ingest.ingest(src, str(tmp_path / "clean"), store=Store())
     marker = (tmp_path / "clean" / "raw" / "_ingest.json").read_text()
 
-    # "Die" at the 10th write: the meta file and batches 1-3 have landed with their completion records, batch
-    # 4
-    # has landed without one (so it must be redone), the rest not at all.
+    # "Die" at the 14th write: the meta file (2 writes) and batches 1-3 (content index, member, record: 3 each)
+    # have landed with their completion records, batch 4 without one (so it must be redone), the rest not at
+    # all.
     store = Store()
     writes = counting(store, monkeypatch)
     original = store.write_bytes
 
     def crash(url: str, data: bytes) -> None:
-        if len(writes) >= 9:
+        if len(writes) >= 13:
             raise KeyboardInterrupt
         original(url, data)
 
@@ -621,11 +629,11 @@ def test_sigterm_removes_the_spool_and_the_rerun_finishes(
     spools: list[str] = []
     land = Landing.land
 
-    def killed(self, member, data=None, local_path=None):  # type: ignore[no-untyped-def]
+    def killed(self, member, data=None, local_path=None, index=None):  # type: ignore[no-untyped-def]
         if local_path is not None:  # a binary member spooled to local disk
             spools.append(os.path.dirname(local_path))
             os.kill(os.getpid(), signal.SIGTERM)
-        return land(self, member, data, local_path)
+        return land(self, member, data, local_path, index)
 
     monkeypatch.setattr(Landing, "land", killed)
     dest = tmp_path / "w"
@@ -720,12 +728,14 @@ def test_source_empty_or_a_folder(tmp_path, capsys, quiet, source: str, message:
     assert files_under(tmp_path / "w") == []
 
 
-def test_a_deleted_member_is_landed_again(archives, tmp_path) -> None:
-    """The fix preprocess gives for a missing raw member ("re-run `cifarflow ingest`") must work."""
+@pytest.mark.parametrize("deleted", ["data_batch_2", f"{content_index.FOLDER}/data_batch_2"])
+def test_a_deleted_member_is_landed_again(archives, tmp_path, deleted: str) -> None:
+    """The fix preprocess gives for a missing raw member or content index ("re-run `cifarflow ingest`") must
+    work."""
     src, dest = str(archives["cifar10-python"]), str(tmp_path / "w")
     first = ingest.ingest(src, dest, store=Store())
     index = ingest.load_raw(Store(), first.raw_url)
-    (tmp_path / "w" / "raw" / index.folder / "data_batch_2").unlink()
+    (tmp_path / "w" / "raw" / index.folder / deleted).unlink()
     again = ingest.ingest(src, dest, store=Store())
     assert not again.reused and again.written == 1
     assert check_raw(Store(), first.raw_url, "cifar10-python") == {"train": TRAIN, "test": TEST}

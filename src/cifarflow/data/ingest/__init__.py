@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from cifarflow.data import cifar
+from cifarflow.data import cifar, content_index
 from cifarflow.data.ingest import folder as images
 from cifarflow.data.ingest.decompress import DEFAULT_MAX_BYTES, UNREADABLE, bad_archive
 from cifarflow.data.ingest.land import Landing, remove_stale_spools, spool_folder
@@ -169,18 +169,22 @@ def _result(raw_url: str, index: Index, *, reused: bool, written: int = 0) -> In
 
 
 def _intact(store: Store, raw_url: str, index: Index) -> bool:
-    """Whether every committed member is still there with its recorded size (one deleted by hand is re-landed)."""
+    """Whether every committed member (and content index) is still there with its recorded size (one deleted by
+    hand is re-landed)."""
     if isinstance(index, ImageIndex):
         return images.intact(store, raw_url, index)
     for member in index.members:
-        url = index.url(raw_url, member)
-        try:
-            if store.size(url) == member.bytes:
-                continue
-        except FileNotFoundError:
-            pass
-        log.warning("%s is missing or has changed: landing the archive's members again", redact(url))
-        return False
+        files = [(index.url(raw_url, member), member.bytes)]
+        if (hashes := index.hashes_url(raw_url, member)) is not None:
+            files.append((hashes, member.rows * content_index.RECORD_BYTES))
+        for url, size in files:
+            try:
+                if store.size(url) == size:
+                    continue
+            except FileNotFoundError:
+                pass
+            log.warning("%s is missing or has changed: landing the archive's members again", redact(url))
+            return False
     return True
 
 

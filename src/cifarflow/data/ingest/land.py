@@ -13,6 +13,7 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cifarflow.data import content_index
 from cifarflow.data.ingest.marker import DONE, LandedMember
 from cifarflow.storage import TMP_INFIX, Store, basename, join
 
@@ -43,44 +44,66 @@ class Landing:
                 rec = LandedMember.model_validate_json(self.store.read_bytes(url))
                 self.done[rec.path] = rec
 
-    def already(self, member: LandedMember) -> bool:
+    def already(self, member: LandedMember, index: bytes | None) -> bool:
         rec = self.done.get(member.path)
-        if rec is None or rec.sha256 != member.sha256 or rec.bytes != member.bytes:
+        if rec is None or (rec.sha256, rec.bytes, rec.hashes) != (member.sha256, member.bytes, member.hashes):
             return False
         try:
+            if index is not None and self.store.size(self._index_url(member)) != len(index):
+                return False
             return self.store.size(join(self.folder_url, member.path)) == member.bytes
         except FileNotFoundError:
             return False
 
-    def land(self, member: LandedMember, data: bytes | None = None, local_path: str | None = None) -> None:
-        """Write a validated member, then its completion record (a crash between the two costs a redo).
+    def _index_url(self, member: LandedMember) -> str:
+        return join(self.folder_url, content_index.path(member.path))
+
+    def land(
+        self,
+        member: LandedMember,
+        data: bytes | None = None,
+        local_path: str | None = None,
+        index: bytes | None = None,
+    ) -> None:
+        """Write a validated member and its content index, then its completion record (a crash between them
+        costs a redo).
 
         Into a bucket the write runs on a thread of its own, so that the next member is read and validated
         while this one uploads; :meth:`settle` waits for them all. A local disk is written in order, here.
         """
-        if self.already(member):
+        if self.already(member, index):
             log.debug("%s already landed", member.path)
             if local_path is not None:
                 os.remove(local_path)
             return
         url = join(self.folder_url, member.path)
         record = join(self.folder_url, DONE, member.path + ".json")
-        self.written += [url, record]
+        self.written += [url, record] if index is None else [url, self._index_url(member), record]
         self.landed += 1
         if self.folder_url.startswith("file://"):
-            self._write(member, url, record, data, local_path)
+            self._write(member, url, record, data=data, local_path=local_path, index=index)
             return
         # Bounded: a queued member is held in memory (or in the local spool) until its upload ends.
         while self._uploads and (len(self._uploads) >= UPLOADS or self._held + member.bytes > UPLOAD_BYTES):
             self._wait_oldest()
-        self._uploads.append(
-            (member.bytes, _UPLOADER.submit(self._write, member, url, record, data, local_path))
+        future = _UPLOADER.submit(
+            self._write, member, url, record, data=data, local_path=local_path, index=index
         )
+        self._uploads.append((member.bytes, future))
         self._held += member.bytes
 
     def _write(
-        self, member: LandedMember, url: str, record: str, data: bytes | None, local_path: str | None
+        self,
+        member: LandedMember,
+        url: str,
+        record: str,
+        *,
+        data: bytes | None,
+        local_path: str | None,
+        index: bytes | None,
     ) -> None:
+        if index is not None:
+            self.store.write_bytes(self._index_url(member), index)
         if local_path is not None:
             self.store.move_file(local_path, url)  # the spool holds the members in flight, not the archive
         else:
@@ -107,7 +130,11 @@ class Landing:
         """Local atomic writes cut short by SIGKILL leave ``<member>.tmp-<uuid>``; the commit removes them."""
         if not self.folder_url.startswith("file://"):
             return
-        for folder in (self.folder_url, join(self.folder_url, DONE)):
+        for folder in (
+            self.folder_url,
+            join(self.folder_url, DONE),
+            join(self.folder_url, content_index.FOLDER),
+        ):
             for url in self.store.list(folder):
                 if TMP_INFIX in basename(url):
                     self.store.remove(url)

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from cifarflow import __version__
-from cifarflow.data import cifar, manifest
+from cifarflow.data import cifar, content_index, manifest
 from cifarflow.errors import InputError
 from cifarflow.storage import Store, join, redact
 
@@ -46,6 +46,7 @@ class LandedMember(_Model):
     bytes: int
     sha256: str
     rows: int = 0  # images (0 for meta)
+    hashes: str | None = None  # sha256 of its content index (data members); None: landed without one
 
 
 class _Marker(_Model):
@@ -76,6 +77,10 @@ class RawIndex(_Marker):
 
     def url(self, raw_url: str, member: LandedMember) -> str:
         return join(raw_url, self.folder, member.path)
+
+    def hashes_url(self, raw_url: str, member: LandedMember) -> str | None:
+        """Where the member's content index lies, when it has one (:mod:`cifarflow.data.content_index`)."""
+        return join(raw_url, self.folder, content_index.path(member.path)) if member.hashes else None
 
 
 class ImageRecord(_Model):

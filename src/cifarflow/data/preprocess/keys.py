@@ -1,31 +1,33 @@
-"""Pure numpy, per image and per class: content hashes, the seeded split keys, val counts and cut-offs, exact
-per-channel moments. No Spark, no storage: the same functions run on executors and in tests."""
+"""Pure numpy, per image and per class: the seeded split keys, val counts and cut-offs, exact per-channel
+moments (content hashes are :mod:`cifarflow.data.content_index`'s). No Spark, no storage: the same functions
+run on executors and in tests."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 
-# XXH3-128 of an image's pixels as stored: the content address for exact-duplicate detection. Not
-# cryptographic, and need not be: a chance collision among 10^9 images is ~1e-21, and anyone able to plant
-# a collision could plant the duplicate itself. 10x cheaper than blake2b (0.4 vs 3.9 us an image).
-HASH_BYTES = 16
+from cifarflow.data.content_index import HASH_BYTES, content_hashes
+
+__all__ = [
+    "HASH_BYTES",
+    "Cutoffs",
+    "channel_moments",
+    "content_hashes",
+    "mean_std",
+    "parse_id",
+    "split_keys",
+    "val_count",
+]
+
 _INT64_MIN = np.iinfo(np.int64).min
 
 
 def val_count(n: int, val_fraction: float) -> int:
     """How many of a class's ``n`` train images go to val: ``n * val_fraction`` rounded half up."""
     return math.floor(n * val_fraction + 0.5)
-
-
-def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """(n, 16) uint8 XXH3-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
-    digests = b"".join(xxhash.xxh3_128_digest(np.ascontiguousarray(row).data) for row in images)
-    return np.frombuffer(digests, dtype=np.uint8).reshape(-1, HASH_BYTES)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
