@@ -36,7 +36,7 @@ import pytest
 import xxhash
 
 from cifarflow.cli import main as cli_main
-from cifarflow.data import jvm_archive, spark_signals
+from cifarflow.data import content_index, jvm_archive, spark_signals
 from cifarflow.data import manifest as mf
 from cifarflow.data import preprocess as pre
 from cifarflow.data import spark as sparkmod
@@ -469,6 +469,64 @@ def test_partitions_change_neither_id_nor_content(spark: Any, tmp_path: Path) ->
     ).read_bytes()
 
 
+def without_content_index(raw: str) -> None:
+    """Make ``raw`` what an ingest before content indexes landed: no index files, none in the marker."""
+    raw_dir = Path(raw.removeprefix("file://"))
+    marker = json.loads((raw_dir / "_ingest.json").read_text())
+    for member in marker["members"]:
+        member.pop("hashes", None)
+    shutil.rmtree(raw_dir / marker["folder"] / content_index.FOLDER)
+    (raw_dir / "_ingest.json").write_text(json.dumps(marker))
+
+
+def scan_rows(store: Store, raw: str, seed: int = 0) -> pa.Table:
+    """Pass 1's rows for every range of ``raw``, computed in this process (no Spark)."""
+    source = preprocess_job.read_source(store, raw)
+    assert isinstance(source, pre.CifarInput)
+    parts = preprocess_job.plan_input(store, source, 9)  # binary members in two or three ranges each
+    ctx = tasks.TaskContext(tuple(parts), seed, store, source.num_classes, source.layout.name)
+    numbers = pa.record_batch([pa.array(range(len(parts)), pa.int64())], names=["id"])
+    return pa.Table.from_batches(list(tasks.scan_task(iter([numbers]), ctx=ctx)))
+
+
+@pytest.mark.parametrize("fmt", ["python", "binary"])
+def test_pass_one_reads_the_content_index_not_the_images(tmp_path: Path, fmt: str) -> None:
+    archive, _ = planted_archive(tmp_path / f"cifar-10-{fmt}.tar.gz", fmt=fmt, seed=5)
+    store = Store()
+    indexed, plain = (ingest(archive.path, str(tmp_path / name), store) for name in ("a", "b"))
+    without_content_index(plain)
+    want = scan_rows(store, plain, seed=3)
+    assert want.num_rows == sum(len(labels) for _, labels in archive.members.values())
+    # The images themselves are not needed: pass 1 reads 17 bytes an image.
+    folder = (
+        Path(indexed.removeprefix("file://"))
+        / json.loads(Path(indexed.removeprefix("file://"), "_ingest.json").read_text())["folder"]
+    )
+    for member in archive.members:
+        (folder / member).rename(folder / f"{member}.away")
+    assert scan_rows(store, indexed, seed=3).equals(want)
+
+
+@pytest.mark.parametrize(("fmt", "partitions"), [("python", None), ("binary", 9)])
+def test_the_content_index_changes_no_decision(
+    spark: Any, tmp_path: Path, fmt: str, partitions: int | None
+) -> None:
+    """The same dataset, byte for byte, whether pass 1 read ingest's content index or the images (a raw
+    folder an older ingest landed)."""
+    archive, dups = planted_archive(tmp_path / f"cifar-10-{fmt}.tar.gz", fmt=fmt, seed=5)
+    store = Store()
+    indexed, plain = (ingest(archive.path, str(tmp_path / name), store) for name in ("a", "b"))
+    without_content_index(plain)
+    one = pre.preprocess(indexed, str(tmp_path / "ds-a"), partitions=partitions, seed=4, store=store)
+    two = pre.preprocess(plain, str(tmp_path / "ds-b"), partitions=partitions, seed=4, store=store)
+    assert one.dataset_id == two.dataset_id and one.duplicates == two.duplicates == dups
+    (m_one, base_one), (m_two, base_two) = mf.load(store, one.dataset_url), mf.load(store, two.dataset_url)
+    assert m_one.splits == m_two.splits  # same shards: names, rows, sizes, checksums
+    assert mf.read_checked(store, base_one, m_one.stats) == mf.read_checked(store, base_two, m_two.stats)
+    want = reference(archive, 0.1, 4)
+    assert {s: read_split(store, one.dataset_url, s) for s in want} == want
+
+
 def test_outputs_that_hold_another_dataset_are_refused(
     spark: Any, planted: Any, tmp_path: Path, capsys: Any
 ) -> None:
@@ -552,6 +610,12 @@ def _bad_members() -> dict[str, tuple[str, bytes | None, tuple[str, ...]]]:
             "data_batch_3",
             None,
             ("is missing", "re-run the same `cifarflow ingest --source"),
+        ),
+        # Valid, as many images, other pixels: only pass 2's check against the content index can tell.
+        "other-images": (
+            "data_batch_2",
+            python_batch(images_for(balanced(60, rng), rng), balanced(60, rng)),
+            ("data_batch_2 and its content index disagree", "re-run `cifarflow ingest` into a fresh folder"),
         ),
     }
 

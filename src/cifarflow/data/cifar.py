@@ -193,7 +193,12 @@ class Batch:
         return chw_to_hwc(self.planes)
 
     def ids(self) -> list[str]:
-        return [f"{self.member}:{i:07d}" for i in range(self.first_index, self.first_index + len(self))]
+        return row_ids(self.member, self.first_index, len(self))
+
+
+def row_ids(member: str, first_index: int, n: int) -> list[str]:
+    """The dataset row ids of ``n`` records of ``member`` from record ``first_index``: ``member:record``."""
+    return [f"{member}:{i:07d}" for i in range(first_index, first_index + n)]
 
 
 def chw_to_hwc(rows: np.ndarray) -> np.ndarray:

@@ -287,6 +287,11 @@ def cifar_pass_one(spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job
     """Pass 1 over CIFAR ranges: small columns only; cached because three queries read them."""
     from pyspark import StorageLevel
 
+    if all(part.hashes_url for part in job.ranges):
+        # Content indexes: 17 bytes an image, so a task's fixed cost (~0.1 s) outweighs its reads; one task per
+        # core reads many ranges' records (the rows and every decision stay the same).
+        cores = min(len(job.ranges), spark.sparkContext.defaultParallelism)
+        inputs = spark.range(0, len(job.ranges), 1, cores)
     scan = inputs.mapInArrow(functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW))
     annotated = annotate(scan).persist(StorageLevel.MEMORY_AND_DISK)
     try:

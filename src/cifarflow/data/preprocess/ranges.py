@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
+from cifarflow.data import content_index
 from cifarflow.data import manifest as mf
 from cifarflow.data.cifar import LAYOUTS, Batch, Layout, decode_binary, decode_python
 from cifarflow.errors import InputError
@@ -37,6 +40,9 @@ class InputFile:
     split: str  # train | test
     bytes: int
     sha256: str | None = None
+    rows: int = 0
+    hashes_url: str | None = None  # its content index (cifarflow.data.content_index), when ingest wrote one
+    hashes_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class InputRange:
     length: int
     first_index: int  # record number of the first image (row ids count from it)
     sha256: str | None = None  # whole-file checksum, checked when the range is the whole file
+    rows: int = 0  # images in the range
+    hashes_url: str | None = None  # the member's content index, when it has one
+    hashes_sha256: str | None = None  # the index's checksum, checked when the range is the whole file
 
 
 def plan_ranges(files: list[InputFile], layout: Layout, partitions: int | None = None) -> list[InputRange]:
@@ -58,7 +67,12 @@ def plan_ranges(files: list[InputFile], layout: Layout, partitions: int | None =
     if layout.kind == "python":
         if partitions:
             log.debug("--partitions is ignored for python batches: a pickle is read by one task")
-        return [InputRange(i, m.name, m.url, m.split, 0, m.bytes, 0, m.sha256) for i, m in enumerate(files)]
+        return [
+            InputRange(
+                i, m.name, m.url, m.split, 0, m.bytes, 0, m.sha256, m.rows, m.hashes_url, m.hashes_sha256
+            )
+            for i, m in enumerate(files)
+        ]
     size = layout.record_bytes
     total = sum(m.bytes for m in files)
     out: list[InputRange] = []
@@ -75,9 +89,24 @@ def plan_ranges(files: list[InputFile], layout: Layout, partitions: int | None =
         wanted = round(partitions * m.bytes / total) if partitions else math.ceil(m.bytes / RANGE_BYTES)
         pieces = min(max(1, wanted), records)
         bounds = [records * i // pieces for i in range(pieces + 1)]
-        checksum = m.sha256 if pieces == 1 else None
+        whole = pieces == 1
+        checksum, index_checksum = (m.sha256, m.hashes_sha256) if whole else (None, None)
         for a, b in itertools.pairwise(bounds):
-            out.append(InputRange(len(out), m.name, m.url, m.split, a * size, (b - a) * size, a, checksum))
+            out.append(
+                InputRange(
+                    len(out),
+                    m.name,
+                    m.url,
+                    m.split,
+                    a * size,
+                    (b - a) * size,
+                    a,
+                    checksum,
+                    b - a,
+                    m.hashes_url,
+                    index_checksum,
+                )
+            )
     return out
 
 
@@ -105,7 +134,16 @@ def cifar_input(store: Store, raw_url: str) -> CifarInput:
     index = load_raw(store, raw_url)
     layout = LAYOUTS[index.layout]
     files = [
-        InputFile(m.path, index.url(raw_url, m), m.split, m.bytes, m.sha256)
+        InputFile(
+            m.path,
+            index.url(raw_url, m),
+            m.split,
+            m.bytes,
+            m.sha256,
+            m.rows,
+            index.hashes_url(raw_url, m),
+            m.hashes,
+        )
         for m in index.members
         if m.split in ("train", "test")
     ]
@@ -148,6 +186,33 @@ def read_range(store: Store, layout: Layout, part: InputRange) -> Batch:
     if layout.kind == "python":
         return decode_python(data, layout, part.member)
     return decode_binary(data, layout, part.member, part.first_index)
+
+
+def read_hashes(store: Store, part: InputRange) -> tuple[np.ndarray, np.ndarray]:
+    """The range's content-index records: (labels, hashes), 17 bytes an image instead of 3073."""
+    assert part.hashes_url is not None
+    offset, length = part.first_index * content_index.RECORD_BYTES, part.rows * content_index.RECORD_BYTES
+    try:
+        with store.open(part.hashes_url, "rb", cache_type="none") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except FileNotFoundError as exc:
+        raise missing(part.hashes_url) from exc
+    if len(data) != length or (part.hashes_sha256 and hashlib.sha256(data).hexdigest() != part.hashes_sha256):
+        raise changed(part.hashes_url)
+    return content_index.decode(data)
+
+
+def check_hashes(store: Store, part: InputRange, labels: np.ndarray, hashes: np.ndarray) -> None:
+    """Pass 2: the images just read are what pass 1 decided on (their index records), image for image."""
+    if part.hashes_url is None:
+        return
+    want_labels, want_hashes = read_hashes(store, part)
+    if not (np.array_equal(want_labels, labels) and np.array_equal(want_hashes, hashes)):
+        raise InputError(
+            f"raw file {redact(part.url)} and its content index disagree (one changed after ingest)",
+            "re-run `cifarflow ingest` into a fresh folder",
+        )
 
 
 def missing(url: str) -> InputError:

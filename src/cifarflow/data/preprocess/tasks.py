@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from cifarflow.data import manifest as mf
-from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, Layout, chw_to_hwc
+from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, Layout, chw_to_hwc, row_ids
 from cifarflow.data.preprocess.keys import HASH_BYTES, Cutoffs, channel_moments, content_hashes, split_keys
-from cifarflow.data.preprocess.ranges import InputRange, read_range
+from cifarflow.data.preprocess.ranges import InputRange, check_hashes, read_hashes, read_range
 from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, shard_table
 from cifarflow.errors import CifarflowError, marked
 from cifarflow.storage import Store
@@ -73,6 +73,11 @@ class Rows:
         return int(self.labels.shape[0])
 
     @functools.cached_property
+    def hashes(self) -> np.ndarray:
+        """(n, 16) uint8 content hashes of :attr:`content`."""
+        return content_hashes(self.content)
+
+    @functools.cached_property
     def images(self) -> np.ndarray:
         """(n, image bytes) uint8, HWC: what the shards hold."""
         return self.content if self.to_images is None else self.to_images(self.content)
@@ -91,10 +96,14 @@ def cifar_rows(ctx: TaskContext, part: InputRange) -> Rows:
     )
 
 
-def read_rows(ctx: TaskContext, part: Any) -> Rows:
-    """The decoded images of one range (image folders: undecodable files left out)."""
+def pause(ctx: TaskContext) -> None:
     if ctx.delay_s > 0:
         time.sleep(ctx.delay_s)
+
+
+def read_rows(ctx: TaskContext, part: Any) -> Rows:
+    """The decoded images of one range (image folders: undecodable files left out)."""
+    pause(ctx)
     if ctx.image is not None:
         from cifarflow.data.preprocess.folders import image_rows
 
@@ -147,12 +156,21 @@ def scan_columns(
     ]
 
 
+def indexed(ctx: TaskContext, part: Any) -> bool:
+    """Whether the range is a CIFAR member with a content index (pass 1 then reads no image)."""
+    return ctx.image is None and part.hashes_url is not None
+
+
 @guarded
 def scan_task(ctx: TaskContext, part: Any) -> Iterator[pa.RecordBatch]:
-    rows = read_rows(ctx, part)
-    hashes = content_hashes(rows.content)
-    columns = scan_columns(rows.ids.tolist(), rows.src.tolist(), rows.labels, hashes, ctx.seed)
-    yield pa.RecordBatch.from_arrays(columns, schema=SCAN_ARROW)
+    if indexed(ctx, part):
+        pause(ctx)
+        labels, hashes = read_hashes(ctx.store, part)
+        ids, src = row_ids(part.member, part.first_index, len(labels)), [part.split] * len(labels)
+    else:
+        rows = read_rows(ctx, part)
+        ids, src, labels, hashes = rows.ids.tolist(), rows.src.tolist(), rows.labels, rows.hashes
+    yield pa.RecordBatch.from_arrays(scan_columns(ids, src, labels, hashes, ctx.seed), schema=SCAN_ARROW)
 
 
 def shard_rows(image_bytes: int) -> int:
@@ -169,7 +187,7 @@ def assign(
     train = ~test
     val = np.zeros(len(rows), dtype=bool)
     if train.any():
-        hashes = content_hashes(rows.content)
+        hashes = rows.hashes
         if carve is not None:
             carved = train & carve.val_mask(
                 rows.labels, split_keys(hashes, ctx.seed ^ CARVE_SALT), rows.ids, ctx.num_classes
@@ -183,6 +201,8 @@ def _write_task(
     ctx: TaskContext, part: Any, *, dataset: str, dropped: Any, cutoffs: Cutoffs, carve: Cutoffs | None = None
 ) -> Iterator[pa.RecordBatch]:
     rows = read_rows(ctx, part)
+    if indexed(ctx, part):
+        check_hashes(ctx.store, part, rows.labels, rows.hashes)
     keep = np.ones(len(rows), dtype=bool)
     gone = dropped.value.get(part.member)
     if gone is not None:
