@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import posixpath
+import shutil
 import socket
 import tempfile
 import uuid
@@ -250,6 +251,16 @@ class Store:
                         fs.cp_file(local_path, tmp)  # another filesystem
         with contextlib.suppress(FileNotFoundError):
             os.remove(local_path)
+
+    def replace_folder(self, url: str, dest: str) -> None:
+        """Rename the local folder ``url`` to ``dest``, replacing what is there (local filesystems only)."""
+        with translate(dest):
+            fs, path = self.fs(url)
+            _, target = self.fs(dest)
+            assert _is_local(fs), "replace_folder renames local folders only"
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(path, target)
 
     def remove(self, url: str, recursive: bool = False) -> None:
         """Delete a file or (with ``recursive``) a prefix; missing is fine."""

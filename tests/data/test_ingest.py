@@ -255,6 +255,8 @@ def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
         ingest.ingest(src, str(tmp_path / "work"), store=store)
     raw = tmp_path / "work" / "raw"
     assert not (raw / "_ingest.json").exists()
+    # A fresh local landing waits for the md5 to name its folder; the rerun resumes in the same one.
+    assert [p.name.startswith("_landing-") for p in raw.iterdir()] == [True]
     with pytest.raises(InputError, match="never finished"):
         ingest.load_raw(Store(), str(raw))
 
@@ -265,6 +267,28 @@ def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
     assert resumed.written == clean.members - 4  # batch 4, batch 5, test: the others were skipped
     assert (raw / "_ingest.json").read_text() == marker
     assert writes[-1].endswith("/raw/_ingest.json")
+
+
+def test_a_local_archive_into_a_fresh_folder_is_read_once(archives, tmp_path, monkeypatch) -> None:
+    """No md5 pre-pass: the members land under a provisional folder, renamed to the md5 the landing pass
+    computed; the result is what a run that knew the md5 up front commits."""
+    src = archives["cifar10-binary"]
+    ingest.ingest(str(src), str(tmp_path / "known"), store=Store(), md5=md5_of(src))
+    opened: list[str] = []
+    real_open = ingest.open_archive
+
+    def counted(source, store):  # type: ignore[no-untyped-def]
+        opened.append(source.url)
+        return real_open(source, store)
+
+    monkeypatch.setattr(ingest, "open_archive", counted)
+    monkeypatch.setattr(ingest, "hash_stream", None)  # the pre-pass would call it
+    once = ingest.ingest(str(src), str(tmp_path / "once"), store=Store())
+    assert len(opened) == 1  # the landing pass (the format sniff reads a few blocks on its own)
+    raw = tmp_path / "once" / "raw"
+    assert (raw / "_ingest.json").read_text() == (tmp_path / "known" / "raw" / "_ingest.json").read_text()
+    assert {p.name for p in raw.iterdir()} == {"_ingest.json", once.archive_md5[:16]}
+    assert files_under(raw) == files_under(tmp_path / "known" / "raw")
 
 
 def test_a_new_archive_replaces_the_commit(archives, tmp_path) -> None:

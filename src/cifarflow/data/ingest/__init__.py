@@ -6,12 +6,15 @@ Image folders (a folder, a bucket prefix, or a ``.tar``/``.tar.gz``/``.zip`` tha
 Layout under ``DEST/raw/``::
 
     DEST/raw/<md5[:16]>/data_batch_1 ...     the archive's data and meta members, byte for byte
+    DEST/raw/<md5[:16]>/_hashes/<member>     each data member's content index (cifarflow.data.content_index)
     DEST/raw/<md5[:16]>/_done/<member>.json  per-member completion records (what a crashed run already landed)
     DEST/raw/_ingest.json                    the commit: layout, archive checksums, members; written last
 
-The archive is read once, as a stream (never whole in memory), hashing md5 and sha256 on the way. Every data
-member is decoded with :mod:`cifarflow.data.cifar` before it lands, so unsafe pickles, wrong image sizes and
-labels out of range fail here, in seconds, rather than inside a Spark job. Readers trust only
+The archive is read once, as a stream (never whole in memory), hashing md5 and sha256 on the way; a local
+archive landing on a local disk for the first time lands under ``_landing-<key>/`` and is renamed to its md5
+after that pass, instead of being read twice. Every data member is decoded with :mod:`cifarflow.data.cifar`
+before it lands, so unsafe pickles, wrong image sizes and labels out of range fail here, in seconds, rather
+than inside a Spark job, and each image's label and content hash go to its content index. Readers trust only
 ``_ingest.json``.
 
 - Idempotent: when ``_ingest.json`` already records the same archive (by md5), nothing is read or written.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -40,6 +44,7 @@ from cifarflow.data.ingest.decompress import DEFAULT_MAX_BYTES, UNREADABLE, bad_
 from cifarflow.data.ingest.land import Landing, remove_stale_spools, spool_folder
 from cifarflow.data.ingest.marker import (
     MARKER,
+    PROVISIONAL,
     ArchiveInfo,
     ImageIndex,
     ImageRecord,
@@ -114,6 +119,7 @@ def ingest(
     previous = committed(store, raw_url)
     if src.kind == "store" and store.is_dir(src.url):
         return _ingest_folder(src, raw_url, store, previous, max_bytes)
+    fresh = previous is None  # no commit here yet: nothing to reuse or resume by the md5's folder
     if previous is not None and not _intact(store, raw_url, previous):
         previous = None  # nothing to reuse: land again (the members still there are skipped)
 
@@ -130,6 +136,10 @@ def ingest(
                 and (known == held.md5 or (version and (held.source, held.version) == (src.shown, version)))
             ):
                 return _reused(raw_url, previous)
+            if fresh and _one_pass(src, raw_url, store, max_bytes):
+                # Nothing to reuse, and a local folder renames for free: land under a provisional name and
+                # name the folder by the md5 the landing pass computes (one read of the archive, not two).
+                return _land(src, None, raw_url, store, tmpdir, max_bytes=max_bytes)
             # The folder is named by the md5, so it must be known before anything lands: hash a local file in
             # place; spool anything remote to local disk once (one download, not two).
             src, expected = _prepare_unknown(src, store, tmpdir)
@@ -188,6 +198,19 @@ def _intact(store: Store, raw_url: str, index: Index) -> bool:
     return True
 
 
+def _one_pass(src: ArchiveSource, raw_url: str, store: Store, max_bytes: int) -> bool:
+    """A local CIFAR archive landing on a local disk (an image archive is listed before it lands)."""
+    local = src.kind == "store" and src.url.startswith("file://") and raw_url.startswith("file://")
+    return local and images.sniff(src, store, max_bytes) == "cifar"
+
+
+def _provisional(src: ArchiveSource) -> str:
+    """The landing folder's name until the md5 is known: the same file (path, size, mtime) resumes in it."""
+    stat = os.stat(src.url[len("file://") :])
+    key = f"{src.url}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    return f"{PROVISIONAL}{hashlib.sha256(key).hexdigest()[:16]}"
+
+
 def _prepare_unknown(src: ArchiveSource, store: Store, tmpdir: str) -> tuple[ArchiveSource, str]:
     if src.kind == "store" and src.url.startswith("file://"):
         with (
@@ -211,9 +234,11 @@ def _bytes_progress(what: str, total: int | None) -> Iterator[Callable[[int], No
 
 
 def _land(
-    src: ArchiveSource, expected: str, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
+    src: ArchiveSource, expected: str | None, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
 ) -> IngestResult:
-    folder = expected[:16]
+    """Land the archive's members under ``<md5[:16]>``, or when the md5 is not known yet (:func:`_one_pass`)
+    under a provisional folder renamed to it once the landing pass has computed it."""
+    folder = expected[:16] if expected is not None else _provisional(src)
     started = time.perf_counter()
     landing: Landing | None = None
 
@@ -238,13 +263,14 @@ def _land(
             except UNREADABLE as exc:
                 raise bad_archive(src, exc) from exc
         got = reader.md5.hexdigest()
-        if got != expected:
+        if expected is not None and got != expected:
             raise InputError(
                 f"md5 mismatch for {src.shown}: expected {expected}, got {got} (corrupt, or another archive)",
                 "fetch the archive again, or pass the right --md5",
             )
         assert landing is not None
         landing.settle()  # every member is in place before the commit
+        landing.remove_stale_tmp()
     except InputError:
         # Bad input: leave nothing behind. Crashes and storage failures keep their work for the rerun.
         if landing is not None:
@@ -257,6 +283,9 @@ def _land(
         raise
 
     assert landing is not None
+    if folder != got[:16]:
+        folder = got[:16]
+        store.replace_folder(landing.folder_url, join(raw_url, folder))
     index = RawIndex(
         layout=layout.name,
         archive=ArchiveInfo(
@@ -270,7 +299,6 @@ def _land(
         members=members,
     )
     store.write_text(join(raw_url, MARKER), index.to_json())
-    landing.remove_stale_tmp()
     return _committed(raw_url, index, landing.landed, time.perf_counter() - started)
 
 

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "cifarflow.raw/v1"
 MARKER = "_ingest.json"
+# DEST/raw/_landing-<key>/: a folder landing before its archive's md5 is known (renamed to <md5[:16]> after).
+PROVISIONAL = "_landing-"
 DONE = "_done"  # DEST/raw/<folder>/_done/<member>.json: per-member completion records (resume)
 
 # What a landed member holds: images of one split of the dataset, or class names.
