@@ -5,14 +5,17 @@ Stages (docs/architecture.md draws them):
 1. **Plan** (driver): read the raw index that ingest committed and cut the input into input ranges: one per
    python batch file (a pickle cannot be read from the middle), record-aligned byte ranges of binary files
    (:mod:`.ranges`). The ranges become a DataFrame of range numbers, one per partition.
-2. **Scan** (tasks, :mod:`.tasks`): read the range through :class:`~cifarflow.storage.Store`, decode it
-   with the vectorised decoders of :mod:`cifarflow.data.cifar`, and return small columns only (id, source
-   split, label, content hash, split key; :mod:`.schema`); no image bytes leave the tasks.
+2. **Scan** (tasks, :mod:`.tasks`): read the range's records from the content index ingest landed beside
+   each CIFAR member (:mod:`cifarflow.data.content_index`: a label and a hash, 17 bytes an image), or without
+   one read the range through :class:`~cifarflow.storage.Store`, decode it with the vectorised decoders of
+   :mod:`cifarflow.data.cifar` and hash it; return small columns only (id, source split, label, content hash,
+   split key; :mod:`.schema`); no image bytes leave the tasks.
 3. **Plan the split** (Spark SQL over the small columns, :mod:`.plan`): exact duplicates (train duplicates
    dropped except the lowest id, train images also in test dropped as leakage, test duplicates counted and
    kept), then per class the ``round(n * val_fraction)`` train images with the smallest (key, id) go to val.
    Only per-class cut-offs, the counts and the (duplicate-only) dropped ids reach the driver.
-4. **Write** (tasks): re-read the range, drop, assign train/val by the cut-offs, write Parquet shards to
+4. **Write** (tasks): read and decode the range, check its hashes against the index pass 1 read (a
+   disagreement fails the job), drop, assign train/val by the cut-offs, write Parquet shards to
    names derived from the range number (a retried or speculative attempt writes the same bytes to the same
    name), and return one small row per shard: checksum, per-class counts, exact per-channel pixel sums.
 5. **Commit** (driver, :mod:`.commit`): combine the sums into mean/std, remove stray files, write ``stats.json``
