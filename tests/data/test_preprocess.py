@@ -358,6 +358,15 @@ def test_dedup_leakage_and_stratified_cut_in_spark(spark: Any) -> None:
     assert no_val.cutoffs.keys == {} and no_val.expected(0.0, 10)["val"] == [0] * 10
 
 
+def test_tasks_start_with_the_largest_range(spark: Any) -> None:
+    """Spark starts partitions in order: a big pickle first runs beside the small ones, not alone at the end."""
+    files = [*members("python", [10, 50, 10]), *members("python", [80], split="test")]
+    parts = pre.plan_ranges(files, LAYOUTS["cifar10-python"])
+    numbers = preprocess_job.largest_first(spark, parts)
+    assert numbers.rdd.getNumPartitions() == 4
+    assert [row.id for row in numbers.collect()] == [3, 1, 0, 2]  # by size; ties in input order
+
+
 def test_a_worker_heap_is_frozen_after_its_first_task() -> None:
     """PySpark's daemon collects garbage after every task: what the first task left alive is frozen once."""
     gc.unfreeze()
