@@ -49,9 +49,3 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(labels as int32, (n, 16) uint8 hashes) of whole records; the caller checks the count."""
     records = np.frombuffer(data, dtype=_RECORD)
     return records["label"].astype(np.int32), np.ascontiguousarray(records["hash"])
-
-
-def matches(data: bytes, labels: np.ndarray, hashes: np.ndarray) -> bool:
-    """Whether index records say exactly these labels and hashes (pass 2's check)."""
-    got_labels, got_hashes = decode(data)
-    return np.array_equal(got_labels, labels) and np.array_equal(got_hashes, hashes)

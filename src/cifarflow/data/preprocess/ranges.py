@@ -205,8 +205,6 @@ def read_hashes(store: Store, part: InputRange) -> tuple[np.ndarray, np.ndarray]
 
 def check_hashes(store: Store, part: InputRange, labels: np.ndarray, hashes: np.ndarray) -> None:
     """Pass 2: the images just read are what pass 1 decided on (their index records), image for image."""
-    if part.hashes_url is None:
-        return
     want_labels, want_hashes = read_hashes(store, part)
     if not (np.array_equal(want_labels, labels) and np.array_equal(want_hashes, hashes)):
         raise InputError(
