@@ -252,15 +252,26 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             os.remove(local_path)
 
-    def replace_folder(self, url: str, dest: str) -> None:
-        """Rename the local folder ``url`` to ``dest``, replacing what is there (local filesystems only)."""
+    def move_folder(self, url: str, dest: str) -> None:
+        """Move the local folder ``url`` to ``dest`` (local filesystems only): one rename when ``dest`` does not
+        exist, else file by file, each replacing its namesake atomically (a reader of ``dest`` never sees a file
+        missing or half-written), then ``url`` is removed."""
         with translate(dest):
             fs, path = self.fs(url)
             _, target = self.fs(dest)
-            assert _is_local(fs), "replace_folder renames local folders only"
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            os.replace(path, target)
+            assert _is_local(fs), "move_folder moves local folders only"
+            try:
+                os.rename(path, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            for root, _, files in os.walk(path):
+                into = os.path.join(target, os.path.relpath(root, path))
+                os.makedirs(into, exist_ok=True)
+                for name in files:
+                    os.replace(os.path.join(root, name), os.path.join(into, name))
+            shutil.rmtree(path)
 
     def remove(self, url: str, recursive: bool = False) -> None:
         """Delete a file or (with ``recursive``) a prefix; missing is fine."""

@@ -291,6 +291,21 @@ def test_a_local_archive_into_a_fresh_folder_is_read_once(archives, tmp_path, mo
     assert files_under(raw) == files_under(tmp_path / "known" / "raw")
 
 
+def test_a_one_read_landing_merges_into_an_uncommitted_folder(archives, tmp_path) -> None:
+    """What a crashed run of the same archive left under its md5 (no commit) is completed, not lost."""
+    src = archives["cifar10-python"]
+    store = Store()
+    first = ingest.ingest(str(src), str(tmp_path / "w"), store=store, md5=md5_of(src))
+    raw = tmp_path / "w" / "raw"
+    marker = (raw / "_ingest.json").read_text()
+    (raw / "_ingest.json").unlink()
+    (raw / first.archive_md5[:16] / "data_batch_3").unlink()
+    again = ingest.ingest(str(src), str(tmp_path / "w"), store=store)
+    assert not again.reused and (raw / "_ingest.json").read_text() == marker
+    assert {p.name for p in raw.iterdir()} == {"_ingest.json", first.archive_md5[:16]}
+    assert check_raw(store, first.raw_url, "cifar10-python") == {"train": TRAIN, "test": TEST}
+
+
 def test_a_new_archive_replaces_the_commit(archives, tmp_path) -> None:
     store = Store()
     dest = str(tmp_path / "work")

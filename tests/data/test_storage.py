@@ -68,6 +68,26 @@ def test_move_file_renames_on_one_disk_and_uploads_to_a_bucket(tmp_path, s3_serv
     assert not spool.exists() and store.read_bytes(join(s3_bucket, "m")) == b"to a bucket"
 
 
+def test_move_folder_renames_or_merges_into_what_is_there(tmp_path) -> None:
+    store = Store()
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "m").write_bytes(b"member")
+    (tmp_path / "a" / "sub" / "r").write_bytes(b"record")
+    inode = (tmp_path / "a").stat().st_ino
+    store.move_folder(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and (tmp_path / "b").stat().st_ino == inode  # one rename
+    # Into a folder that holds files already: each file replaced or added, the others left as they are.
+    (tmp_path / "c" / "sub").mkdir(parents=True)
+    (tmp_path / "c" / "m").write_bytes(b"MEMBER")
+    (tmp_path / "c" / "sub" / "new").write_bytes(b"n")
+    store.move_folder(str(tmp_path / "c"), str(tmp_path / "b"))
+    assert not (tmp_path / "c").exists()
+    got = {
+        str(p.relative_to(tmp_path / "b")): p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()
+    }
+    assert got == {"m": b"MEMBER", "sub/r": b"record", "sub/new": b"n"}
+
+
 class _Boom(Exception):
     """A writer's own failure in the middle of an atomic write."""
 

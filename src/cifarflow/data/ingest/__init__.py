@@ -285,7 +285,8 @@ def _land(
     assert landing is not None
     if folder != got[:16]:
         folder = got[:16]
-        store.replace_folder(landing.folder_url, join(raw_url, folder))
+        # Into what a crashed or concurrent run of the same archive left there (the same bytes), file by file.
+        store.move_folder(landing.folder_url, join(raw_url, folder))
     index = RawIndex(
         layout=layout.name,
         archive=ArchiveInfo(
