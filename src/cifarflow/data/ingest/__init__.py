@@ -270,7 +270,6 @@ def _land(
             )
         assert landing is not None
         landing.settle()  # every member is in place before the commit
-        landing.remove_stale_tmp()
     except InputError:
         # Bad input: leave nothing behind. Crashes and storage failures keep their work for the rerun.
         if landing is not None:
@@ -287,6 +286,7 @@ def _land(
         folder = got[:16]
         # Into what a crashed or concurrent run of the same archive left there (the same bytes), file by file.
         store.move_folder(landing.folder_url, join(raw_url, folder))
+        landing.folder_url = join(raw_url, folder)
     index = RawIndex(
         layout=layout.name,
         archive=ArchiveInfo(
@@ -300,6 +300,7 @@ def _land(
         members=members,
     )
     store.write_text(join(raw_url, MARKER), index.to_json())
+    landing.remove_stale_tmp()
     return _committed(raw_url, index, landing.landed, time.perf_counter() - started)
 
 
