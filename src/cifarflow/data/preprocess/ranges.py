@@ -172,17 +172,7 @@ def cifar_input(store: Store, raw_url: str) -> CifarInput:
 
 def read_range(store: Store, layout: Layout, part: InputRange) -> Batch:
     """Read and decode one input range (whole pickle, or a byte range of binary records)."""
-    try:
-        if layout.kind == "python":
-            data = store.read_bytes(part.url)
-        else:
-            with store.open(part.url, "rb", cache_type="none") as handle:
-                handle.seek(part.offset)
-                data = handle.read(part.length)
-    except FileNotFoundError as exc:
-        raise missing(part.url) from exc
-    if len(data) != part.length or (part.sha256 and hashlib.sha256(data).hexdigest() != part.sha256):
-        raise changed(part.url)
+    data = read_checked(store, part.url, part.offset, part.length, part.sha256)
     if layout.kind == "python":
         return decode_python(data, layout, part.member)
     return decode_binary(data, layout, part.member, part.first_index)
@@ -191,16 +181,23 @@ def read_range(store: Store, layout: Layout, part: InputRange) -> Batch:
 def read_hashes(store: Store, part: InputRange) -> tuple[np.ndarray, np.ndarray]:
     """The range's content-index records: (labels, hashes), 17 bytes an image instead of 3073."""
     assert part.hashes_url is not None
-    offset, length = part.first_index * content_index.RECORD_BYTES, part.rows * content_index.RECORD_BYTES
+    size = content_index.RECORD_BYTES
+    data = read_checked(store, part.hashes_url, part.first_index * size, part.rows * size, part.hashes_sha256)
+    return content_index.decode(data)
+
+
+def read_checked(store: Store, url: str, offset: int, length: int, sha256: str | None) -> bytes:
+    """``length`` bytes of a landed file from ``offset``, as ingest recorded them (``sha256``: of the whole file,
+    given when the read is the whole file)."""
     try:
-        with store.open(part.hashes_url, "rb", cache_type="none") as handle:
+        with store.open(url, "rb", cache_type="none") as handle:
             handle.seek(offset)
             data = handle.read(length)
     except FileNotFoundError as exc:
-        raise missing(part.hashes_url) from exc
-    if len(data) != length or (part.hashes_sha256 and hashlib.sha256(data).hexdigest() != part.hashes_sha256):
-        raise changed(part.hashes_url)
-    return content_index.decode(data)
+        raise missing(url) from exc
+    if len(data) != length or (sha256 and hashlib.sha256(data).hexdigest() != sha256):
+        raise changed(url)
+    return data
 
 
 def check_hashes(store: Store, part: InputRange, labels: np.ndarray, hashes: np.ndarray) -> None:
