@@ -662,6 +662,23 @@ def test_the_fix_for_a_missing_raw_file_works(
     assert code == 0 and out[0].startswith("dataset: ds-"), out
 
 
+@pytest.mark.parametrize("damage", ["missing", "cut"])
+def test_a_damaged_content_index_is_one_line(
+    spark: Any, fresh_raw: str, tmp_path: Path, capsys: Any, damage: str
+) -> None:
+    raw_dir = Path(fresh_raw.removeprefix("file://"))
+    folder = json.loads((raw_dir / "_ingest.json").read_text())["folder"]
+    index = raw_dir / folder / content_index.path("data_batch_2")
+    if damage == "missing":
+        index.unlink()
+    else:
+        index.write_bytes(index.read_bytes()[:-1])
+    code, _, err = run_cli(["preprocess", "--raw", fresh_raw, "--out", str(tmp_path / "ds")], capsys)
+    needle = "is missing" if damage == "missing" else "does not match what ingest recorded"
+    assert_one_error_line(code, err, content_index.path("data_batch_2"), needle)
+    no_dataset_left(tmp_path / "ds")
+
+
 def test_raw_files_changed_after_ingest_are_refused(
     spark: Any, fresh_raw: str, tmp_path: Path, capsys: Any
 ) -> None:
