@@ -338,7 +338,7 @@ def test_dedup_leakage_and_stratified_cut_in_spark(spark: Any) -> None:
     rows = [
         # id, src, label, hash, key
         ("a:0000000", "train", 0, h(1), 10),
-        ("b:0000000", "train", 0, h(1), 11),  # dup of a:0 (dropped; a:0 is the lowest id)
+        ("b:0000000", "train", 0, h(1), 10),  # dup of a:0 (dropped; a:0 is the lowest id)
         ("a:0000001", "train", 0, h(2), -5),  # also in test: leak
         ("t:0000000", "test", 0, h(2), -5),
         ("t:0000001", "test", 1, h(3), 1),
@@ -347,15 +347,79 @@ def test_dedup_leakage_and_stratified_cut_in_spark(spark: Any) -> None:
     rows += [(f"c:{i:07d}", "train", 0, h(100 + i), k) for i, k in enumerate([3, 1, 2, 7, 5, 9, 8, 6, 4])]
     rows += [(f"d:{i:07d}", "train", 1, h(200 + i), 0) for i in range(15)]  # equal keys: ids break ties
     df = spark.createDataFrame(rows, schema=pre.spark_schema(pre.SCAN_ARROW))
-    plan = pre.plan_split(pre.annotate(df), 0.2, 10)
+    plan = pre.plan_split(df, 0.2, len(rows), 10)
     assert plan.duplicates == {"train_duplicates": 1, "train_in_test": 1, "test_duplicates": 1}
     assert plan.train_kept == {0: 10, 1: 15} and plan.test == {0: 1, 1: 2}
     assert {m: v.tolist() for m, v in plan.dropped.items()} == {"a": [1], "b": [0]}
     # class 0: 10 kept -> 2 val: keys 1 (c:1) and 2 (c:2); class 1: 15 -> 3 val: d:0..d:2 by id.
     assert plan.cutoffs.keys == {0: 2, 1: 0} and plan.cutoffs.ids == {0: "c:0000002", 1: "d:0000002"}
     assert plan.expected(0.2, 10)["val"][:2] == [2, 3]
-    no_val = pre.plan_split(pre.annotate(df), 0.0, 10)
+    no_val = pre.plan_split(df, 0.0, len(rows), 10)
     assert no_val.cutoffs.keys == {} and no_val.expected(0.0, 10)["val"] == [0] * 10
+
+
+def reference_plan(rows: list[tuple[Any, ...]], val_fraction: float, carve_fraction: float | None) -> Any:
+    """The rules of pass 1 written plainly: every row in memory, every class sorted."""
+    groups: dict[bytes, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        groups.setdefault(row[3], []).append(row)
+    dropped, reasons = set(), {"train_duplicates": 0, "train_in_test": 0, "test_duplicates": 0}
+    for group in groups.values():
+        train = sorted(r[0] for r in group if r[1] == "train")
+        test = [r for r in group if r[1] == "test"]
+        gone = train if test else train[1:]
+        dropped |= set(gone)
+        reasons["train_in_test" if test else "train_duplicates"] += len(gone)
+        reasons["test_duplicates"] += max(0, len(test) - 1)
+    kept = [r for r in rows if r[1] == "train" and r[0] not in dropped]
+
+    def cut(pool: list[tuple[Any, ...]], column: int, fraction: float) -> tuple[dict[int, Any], set[str]]:
+        cuts, chosen = {}, set()
+        for label in {r[2] for r in pool}:
+            ordered = sorted((r[column], r[0]) for r in pool if r[2] == label)
+            k = pre.val_count(len(ordered), fraction)
+            if k:
+                cuts[label] = ordered[k - 1]
+                chosen |= {i for _, i in ordered[:k]}
+        return cuts, chosen
+
+    carve: dict[int, Any] = {}
+    if carve_fraction is not None:
+        carve, carved = cut(kept, 5, carve_fraction)
+        kept = [r for r in kept if r[0] not in carved]
+    return reasons, cut(kept, 4, val_fraction)[0], carve, len(kept)
+
+
+@pytest.mark.parametrize("carve_fraction", [None, 0.25])
+def test_the_plan_matches_the_rules_on_random_rows(
+    spark: Any, monkeypatch: pytest.MonkeyPatch, carve_fraction: float | None
+) -> None:
+    """Duplicates, leaks, equal keys, keys at both ends of int64, and buckets of a few rows each (so the
+    k-th falls anywhere in a bucket): the histogram plan gives what sorting every class gives."""
+    from cifarflow.data.preprocess import plan as planmod
+
+    monkeypatch.setattr(planmod, "BUCKET_ROWS", 4)
+    rng = np.random.default_rng(7)
+    ends = [np.iinfo(np.int64).min, np.iinfo(np.int64).max, -1, 0]
+    # A key is a function of the content; every 50th content shares one of four keys with others.
+    keys = [
+        ends[c % 4] if c % 50 == 0 else int(rng.integers(-(2**63), 2**63 - 1)) >> int(rng.integers(0, 62))
+        for c in range(520)
+    ]
+    rows = []
+    for i in range(600):
+        content = int(rng.integers(0, 520))  # ~80 repeated contents
+        key = keys[content]
+        src = "test" if rng.random() < 0.2 else "train"
+        tkey = int(rng.integers(-5, 5))  # many equal carve keys: ids break the ties
+        rows.append((f"m{i % 7}:{i:07d}", src, content % 3, content.to_bytes(16, "big"), key, tkey))
+    schema = pre.spark_schema(pa.schema([*pre.SCAN_ARROW, pa.field("tkey", pa.int64(), nullable=False)]))
+    plan = pre.plan_split(spark.createDataFrame(rows, schema=schema), 0.3, len(rows), 3, carve_fraction)
+    reasons, val, carve, kept = reference_plan(rows, 0.3, carve_fraction)
+    assert plan.duplicates == reasons and sum(plan.train_kept.values()) == kept
+    assert {c: (plan.cutoffs.keys[c], plan.cutoffs.ids[c]) for c in plan.cutoffs.keys} == val
+    got_carve = plan.carve or pre.Cutoffs({}, {})
+    assert {c: (got_carve.keys[c], got_carve.ids[c]) for c in got_carve.keys} == carve
 
 
 def test_tasks_start_with_the_largest_range(spark: Any) -> None:

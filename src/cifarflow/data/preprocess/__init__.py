@@ -29,7 +29,7 @@ from cifarflow.data.preprocess.keys import (
     split_keys,
     val_count,
 )
-from cifarflow.data.preprocess.plan import SplitPlan, annotate, cutoffs, plan_split
+from cifarflow.data.preprocess.plan import SplitPlan, plan_split
 from cifarflow.data.preprocess.ranges import CifarInput, InputFile, InputRange, plan_ranges
 from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, image_column, shard_table, spark_schema
 from cifarflow.data.preprocess.tasks import TEST_DELAY_ENV, TaskContext, scan_task, write_task
@@ -48,12 +48,10 @@ __all__ = [
     "SplitPlan",
     "TaskContext",
     "_user_error",
-    "annotate",
     "assemble",
     "channel_moments",
     "check_destination",
     "content_hashes",
-    "cutoffs",
     "image_column",
     "mean_std",
     "parameters",

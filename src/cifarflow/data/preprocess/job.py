@@ -13,7 +13,8 @@ Stages (docs/architecture.md draws them):
 3. **Plan the split** (Spark SQL over the small columns, :mod:`.plan`): exact duplicates (train duplicates
    dropped except the lowest id, train images also in test dropped as leakage, test duplicates counted and
    kept), then per class the ``round(n * val_fraction)`` train images with the smallest (key, id) go to val.
-   Only per-class cut-offs, the counts and the (duplicate-only) dropped ids reach the driver.
+   A hash aggregate finds the repeated hashes and a key histogram the bucket of each cut-off: nothing sorts
+   every row. Only counts, the duplicate groups' rows and one bucket's rows per class reach the driver.
 4. **Write** (tasks): read and decode the range, check its hashes against the index pass 1 read (a
    disagreement fails the job), drop, assign train/val by the cut-offs, write Parquet shards to
    names derived from the range number (a retried or speculative attempt writes the same bytes to the same
@@ -56,7 +57,7 @@ from cifarflow.data.preprocess.folders import (
     skipped_files,
 )
 from cifarflow.data.preprocess.keys import Cutoffs
-from cifarflow.data.preprocess.plan import SplitPlan, annotate, carve_test, plan_split
+from cifarflow.data.preprocess.plan import SplitPlan, plan_split
 from cifarflow.data.preprocess.ranges import CifarInput, InputRange, cifar_input, plan_ranges, refuse_dataset
 from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, spark_schema
 from cifarflow.data.preprocess.tasks import TaskContext, scan_task, test_delay, write_task
@@ -300,23 +301,35 @@ def largest_first(spark: SparkSession, ranges: list[Any]) -> DataFrame:
     return numbers.select(F.element_at(F.array(*map(F.lit, order)), F.col("id").cast("int") + 1).alias("id"))
 
 
+def images(job: Job) -> int:
+    """How many images the input holds: ingest counted them (an older ingest's marker has no count: the
+    records' size gives about as many)."""
+    if isinstance(job.source, ImageInput):
+        return job.source.index.images
+    return sum(part.rows or part.length // job.source.layout.record_bytes for part in job.ranges)
+
+
 def cifar_pass_one(spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job: Job) -> SplitPlan:
-    """Pass 1 over CIFAR ranges: small columns only; cached because three queries read them."""
+    """Pass 1 over CIFAR ranges: small columns only, read by several small queries."""
     from pyspark import StorageLevel
 
+    scan_all, schema = functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW)
     if all(part.hashes_url for part in job.ranges):
         # Content indexes: 17 bytes an image, so a task's fixed cost (~0.1 s) outweighs its reads; one task per
-        # core reads many ranges' records (the rows and every decision stay the same).
+        # core reads many ranges' records (the rows and every decision stay the same). Each query reads them
+        # again: at 50x that costs less than building Spark's columnar cache of 3M rows (11 s against 17 s).
         cores = min(len(job.ranges), spark.sparkContext.defaultParallelism)
-        inputs = spark.range(0, len(job.ranges), 1, cores)
-    scan = inputs.mapInArrow(functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW))
-    annotated = annotate(scan).persist(StorageLevel.MEMORY_AND_DISK)
+        with StageProgress(spark, "pass 1/2: read content indexes, deduplicate"):
+            indexes = spark.range(0, len(job.ranges), 1, cores).mapInArrow(scan_all, schema)
+            return plan_split(indexes, job.val_fraction, images(job), job.num_classes)
+    # Without them the scan decodes and hashes every image: once, cached.
+    scan = inputs.mapInArrow(scan_all, schema).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
-            return plan_split(annotated, job.val_fraction, job.num_classes)
+            return plan_split(scan, job.val_fraction, images(job), job.num_classes)
     finally:
         # Blocking: a release still in flight when the session stops makes Spark print a stack trace.
-        annotated.unpersist(blocking=True)
+        scan.unpersist(blocking=True)
 
 
 def image_pass_one(
@@ -336,12 +349,11 @@ def image_pass_one(
             good = scan.filter(F.col("broken").isNull()).drop("broken")
             decodable = job.source.index.images - (skipped.undecodable if skipped else 0)
             image = image_shape(good, job.settings.size, decodable)
-            annotated = annotate(good.drop("height", "width"))
-            carve = None
-            if job.source.flat:
-                annotated, carve = carve_test(annotated, FLAT_TEST_FRACTION)
-            plan = plan_split(annotated, job.val_fraction, job.num_classes)
+            carve = FLAT_TEST_FRACTION if job.source.flat else None
+            plan = plan_split(
+                good.drop("height", "width"), job.val_fraction, images(job), job.num_classes, carve
+            )
             check_counts(plan.train_kept, plan.test, job.class_names)
-            return plan, carve, image, skipped
+            return plan, plan.carve, image, skipped
     finally:
         scan.unpersist(blocking=True)
