@@ -13,8 +13,9 @@ Stages (docs/architecture.md draws them):
 3. **Plan the split** (Spark SQL over the small columns, :mod:`.plan`): exact duplicates (train duplicates
    dropped except the lowest id, train images also in test dropped as leakage, test duplicates counted and
    kept), then per class the ``round(n * val_fraction)`` train images with the smallest (key, id) go to val.
-   A hash aggregate finds the repeated hashes and a key histogram the bucket of each cut-off: nothing sorts
-   every row. Only counts, the duplicate groups' rows and one bucket's rows per class reach the driver.
+   A hash aggregate on the split key finds repeated images and a key histogram the bucket of each cut-off:
+   nothing sorts every row. Only counts, the duplicate groups' rows and one bucket's rows per class reach the
+   driver.
 4. **Write** (tasks): read and decode the range, check its hashes against the index pass 1 read (a
    disagreement fails the job), drop, assign train/val by the cut-offs, write Parquet shards to
    names derived from the range number (a retried or speculative attempt writes the same bytes to the same
