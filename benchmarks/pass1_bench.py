@@ -1,8 +1,8 @@
-"""Pass 1's plan by row shape: what the JVM spends on the duplicate windows and the val cut-offs when a row's id
-is the ``member:record`` string cifarflow uses, or an integer that sorts the same way (the "narrower row"
-lever in docs/benchmarks.md).
+"""Pass 1's plan by row shape: what the JVM spends on the duplicates and the val cut-offs when a row's id is the
+``member:record`` string cifarflow uses, or an integer that sorts the same way (the "narrower row" lever in
+docs/benchmarks.md).
 
-The same plan as the job (:func:`annotate`, then :func:`plan_split` over the cached result) on the same rows:
+The same plan as the job (:func:`plan_split`) on the same rows:
 ``--images`` scan rows made inside Spark (a 16-byte hash, a 64-bit key, a label, a train/test split, no
 duplicates) and cached before the clock starts, so only the plan is timed; the variants alternate. The JVM's
 CPU seconds come from /proc. Records go to ``benchmarks/results/pass1.json``.
@@ -52,17 +52,12 @@ def scan_rows(spark: Any, images: int, integer_ids: bool) -> Any:
 
 
 def plan_once(spark: Any, scan: Any, pid: int) -> dict[str, float]:
-    from pyspark import StorageLevel
+    from cifarflow.data.preprocess import plan_split
 
-    from cifarflow.data.preprocess import annotate, plan_split
-
+    images = scan.count()
     wall, cpu = time.perf_counter(), jvm_cpu(pid)
-    annotated = annotate(scan).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        plan = plan_split(annotated, 0.1, 10)
-    finally:
-        annotated.unpersist(blocking=True)
-    assert not plan.dropped and sum(plan.train_kept.values()) + sum(plan.test.values()) == scan.count()
+    plan = plan_split(scan, 0.1, images, 10)
+    assert not plan.dropped and sum(plan.train_kept.values()) + sum(plan.test.values()) == images
     return {"seconds": round(time.perf_counter() - wall, 2), "jvm_cpu_s": round(jvm_cpu(pid) - cpu, 2)}
 
 
