@@ -112,11 +112,16 @@ class Histogram:
         return found
 
 
-def histogram(pool: DataFrame, key: str, shift: int) -> Histogram:
+def bucket(key: str, shift: int) -> Column:
+    """Spark's form of a key's bucket (``key >> shift`` in Python)."""
     from pyspark.sql import functions as F
 
+    return F.shiftright(F.col(key), shift)
+
+
+def histogram(pool: DataFrame, key: str, shift: int) -> Histogram:
     hist = Histogram(shift)
-    for row in pool.groupBy("label", F.shiftright(F.col(key), shift).alias("bucket")).count().collect():
+    for row in pool.groupBy("label", bucket(key, shift).alias("bucket")).count().collect():
         hist.add(row.label, row.bucket, row["count"])
     return hist
 
@@ -130,8 +135,8 @@ def smallest(pool: DataFrame, key: str, hist: Histogram, wanted: dict[int, int])
     if not targets:
         return Cutoffs({}, {})
     chosen = F.create_map(*[F.lit(x) for c in sorted(targets) for x in (c, targets[c][0])])
-    bucket = F.shiftright(F.col(key), hist.shift)
-    rows = pool.filter(F.element_at(chosen, F.col("label")) == bucket).select("label", key, "id").collect()
+    in_bucket = F.element_at(chosen, F.col("label")) == bucket(key, hist.shift)
+    rows = pool.filter(in_bucket).select("label", key, "id").collect()
     found: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for row in rows:
         found[row.label].append((row[key], row.id))
@@ -161,10 +166,10 @@ def plan_split(
     # One query: the counts per split and class, and the train keys' histogram.
     shift = bucket_shift(rows // max(classes, 1), classes)
     train = F.col("src") == "train"
-    bucket = F.when(train, F.shiftright(F.col("key"), shift))
     by_split: dict[str, dict[int, int]] = {"train": {}, "test": {}}
     hist = Histogram(shift)
-    for row in scan.groupBy("src", "label", bucket.alias("bucket")).count().collect():
+    counts = scan.groupBy("src", "label", F.when(train, bucket("key", shift)).alias("bucket")).count()
+    for row in counts.collect():
         by_split[row.src][row.label] = by_split[row.src].get(row.label, 0) + row["count"]
         if row.src == "train":
             hist.add(row.label, row.bucket, row["count"])
@@ -174,6 +179,7 @@ def plan_split(
     reasons = decide(repeated)
     dups = dict.fromkeys(REASONS.values(), 0)
     dropped: dict[str, list[int]] = defaultdict(list)
+    gone: list[tuple[str]] = []  # the dropped rows' ids, for the queries below
     for row in repeated:
         reason = reasons.get(row.id)
         if reason is not None:
@@ -183,13 +189,13 @@ def plan_split(
             hist.add(row.label, row.key >> shift, -1)
             member, index = parse_id(row.id)
             dropped[member].append(index)
+            gone.append((row.id,))
     train_kept = {c: n for c, n in train_kept.items() if n > 0}
     if not train_kept:
         raise InputError("no train images are left after removing duplicates", "check the archive")
 
     pool = scan.filter(train)
-    if dropped:
-        gone = [(i,) for i, r in reasons.items() if r != "test_dup"]
+    if gone:
         pool = pool.join(F.broadcast(scan.sparkSession.createDataFrame(gone, "id string")), "id", "left_anti")
     carve = None
     if carve_fraction is not None:
