@@ -40,7 +40,7 @@ from cifarflow.data import content_index, jvm_archive, spark_signals
 from cifarflow.data import manifest as mf
 from cifarflow.data import preprocess as pre
 from cifarflow.data import spark as sparkmod
-from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, hwc_to_chw
+from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, hwc_to_chw, row_ids
 from cifarflow.data.preprocess import job as preprocess_job
 from cifarflow.data.preprocess import ranges, tasks
 from cifarflow.errors import ConflictError, InputError, JobError, marked
@@ -293,6 +293,17 @@ def test_cutoffs_compare_key_then_id() -> None:
         ["z:0000009", "b:0000001", "b:0000003", "a:0000000", "a:0000000", "a:0000001", "x:0000000"]
     )
     assert cut.val_mask(labels, keys, ids, 10).tolist() == [True, True, False, False, True, False, False]
+    assert cut.val_mask(labels, keys, pa.array(ids.tolist()), 10).tolist() == [
+        True, True, False, False, True, False, False
+    ]  # fmt: skip
+
+
+def test_row_ids_are_member_and_zero_padded_record() -> None:
+    positions = np.array([0, 7, 12345, 9_999_999])
+    assert row_ids("data_batch_1", positions).to_pylist() == [f"data_batch_1:{p:07d}" for p in positions]
+    # Past seven digits the record number simply grows (the same as the f-string).
+    assert row_ids("tëst", np.array([3, 10_000_000])).to_pylist() == ["tëst:0000003", "tëst:10000000"]
+    assert row_ids("m", np.arange(0)).to_pylist() == []
 
 
 def test_task_errors_come_back_as_the_original_one_liner() -> None:
@@ -313,7 +324,7 @@ def test_task_errors_come_back_as_the_original_one_liner() -> None:
 def test_image_column_is_zero_copy_and_round_trips() -> None:
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (7, IMAGE_BYTES), dtype=np.uint8)
-    table = pre.shard_table(np.array([f"m:{i:07d}" for i in range(7)]), np.arange(7, dtype=np.int32), images)
+    table = pre.shard_table(row_ids("m", np.arange(7)), np.arange(7, dtype=np.int32), images)
     assert table.schema.equals(mf.SCHEMA)
     assert table.column("image").to_pylist()[4] == images[4].tobytes()
     # Same rows => same bytes: what makes a retried task's shard identical to the first attempt's.

