@@ -36,7 +36,7 @@ import pytest
 import xxhash
 
 from cifarflow.cli import main as cli_main
-from cifarflow.data import content_index, jvm_archive, spark_signals
+from cifarflow.data import content_index, jvm_archive, spark_daemon, spark_signals
 from cifarflow.data import manifest as mf
 from cifarflow.data import preprocess as pre
 from cifarflow.data import spark as sparkmod
@@ -340,6 +340,34 @@ def spark() -> Iterator[Any]:
     session = sparkmod.build("local[2]", "cifarflow-tests")
     yield session
     session.stop()
+
+
+def test_workers_load_the_installed_pyspark_not_sparks_zip(spark: Any) -> None:
+    def origin(_: int) -> str:
+        import pyspark
+
+        return str(pyspark.__file__)
+
+    files = spark.sparkContext.parallelize([0, 1], 2).map(origin).collect()
+    assert files == [pyspark_init()] * 2  # not .../python/lib/pyspark.zip/pyspark/__init__.py
+
+
+def pyspark_init() -> str:
+    import pyspark
+
+    return str(pyspark.__file__)
+
+
+def test_the_daemon_drops_only_the_wheels_own_zips(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    lib = site / "pyspark" / "python" / "lib"
+    lib.mkdir(parents=True)
+    (site / "pyspark" / "__init__.py").write_text("")
+    wheel = [str(lib / "pyspark.zip"), str(lib / "py4j-0.10.9.9-src.zip")]
+    other = str(tmp_path / "spark-dist" / "python" / "lib" / "pyspark.zip")
+    assert spark_daemon.wheel_zips([*wheel, other, str(site)]) == wheel
+    # No pyspark outside a zip (a Spark distribution's layout): the daemon changes nothing.
+    assert spark_daemon.wheel_zips([*wheel, other]) == []
 
 
 def test_dedup_leakage_and_stratified_cut_in_spark(spark: Any) -> None:

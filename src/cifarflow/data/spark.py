@@ -67,6 +67,8 @@ DEFAULTS: Mapping[str, str] = {
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
     "spark.ui.showConsoleProgress": "false",  # cifarflow draws its own progress
     "spark.python.worker.reuse": "true",
+    # Workers import the installed pyspark's cached bytecode, not Spark's zip compiled anew in each process.
+    "spark.python.daemon.module": "cifarflow.data.spark_daemon",
 }
 
 
