@@ -301,7 +301,20 @@ def session(
                 quiesce(spark)
                 raise
             finally:
-                spark.stop()
+                stop(spark)
+
+
+def stop(spark: SparkSession) -> None:
+    """Stop the session without waiting ~1 s for PySpark's accumulator server: its handler polls its socket
+    once a second for the stop flag, and ``SparkContext.stop()`` waits for that poll. The flag is set first
+    and the server is shut down by a daemon thread instead (it closes its socket within the second)."""
+    context = spark.sparkContext
+    server = getattr(context, "_accumulatorServer", None)
+    if server is not None and hasattr(server, "server_shutdown"):
+        server.server_shutdown = True  # the handler's loop ends at its next poll
+        context._accumulatorServer = None  # type: ignore[assignment]  # so stop() does not wait for it
+        threading.Thread(target=server.shutdown, name="accumulator-server-shutdown", daemon=True).start()
+    spark.stop()
 
 
 def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
