@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cifarflow.data import cifar, content_index
+from cifarflow.data.allocator import freed_memory_kept
 from cifarflow.data.ingest import folder as images
 from cifarflow.data.ingest.decompress import DEFAULT_MAX_BYTES, UNREADABLE, bad_archive
 from cifarflow.data.ingest.land import Landing, remove_stale_spools, spool_folder
@@ -109,6 +110,11 @@ def ingest(
 ) -> IngestResult:
     """Stream ``source`` (cifar10, cifar100, an http(s) URL, a bucket URL or a path; an archive, a folder or a
     prefix) into ``DEST/raw/``."""
+    with freed_memory_kept():  # each member's buffers reuse the last one's memory (allocator.py)
+        return _ingest(source, dest, store, md5, max_bytes)
+
+
+def _ingest(source: str, dest: str, store: Store, md5: str | None, max_bytes: int) -> IngestResult:
     if max_bytes < 1:
         raise InputError(f"--max-bytes {max_bytes} is not a size", "pass a positive number of bytes")
     src = resolve_source(source, md5)

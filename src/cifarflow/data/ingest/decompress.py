@@ -70,14 +70,12 @@ class Expanded(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         try:
-            data = self._inner.read(len(b))
+            n = self._inner.readinto(b)  # straight into the caller's buffer: no bytes object between
         except (OSError, zlib.error, InflateError, lzma.LZMAError) as exc:  # BadGzipFile is an OSError
             raise Corrupt(f"{type(exc).__name__}: {exc}") from exc
-        n = len(data)
         self.bytes += n
         if self.bytes > self.limit + self.ahead:
             raise too_big(f"the archive expands to more than {self.limit} bytes", self.limit)
-        b[:n] = data
         return n
 
     def drain(self) -> None:

@@ -10,12 +10,12 @@ import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
 
 from cifarflow.data import cifar, content_index
 from cifarflow.data.ingest.decompress import Expanded, Truncated, too_big
 from cifarflow.data.ingest.land import Landing
 from cifarflow.data.ingest.marker import LandedMember, MemberRole
+from cifarflow.data.ingest.members import MemberBytes
 from cifarflow.data.ingest.source import HashingReader
 from cifarflow.errors import InputError
 from cifarflow.storage import translate
@@ -50,7 +50,7 @@ class Entry:
     """A tar member being landed."""
 
     info: tarfile.TarInfo
-    handle: IO[bytes]
+    data: MemberBytes
     rel: str  # path under the layout's root
     role: MemberRole
 
@@ -67,9 +67,7 @@ def shown(name: str) -> str:
 
 def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMember:
     """Pickled batches and meta files: read whole (one batch is ~31 MB), validate, write."""
-    data = entry.handle.read()
-    if len(data) != entry.info.size:
-        raise Truncated(f"unexpected end of data in {entry.shown}")
+    data = bytes(entry.data.read_all())  # pickle reads bytes ~3x faster than a bytearray (benchmarks.md)
     rows, index = 0, None
     if entry.rel == layout.meta:
         cifar.label_names(data, layout)
@@ -96,24 +94,25 @@ def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: s
     sha = hashlib.sha256()
     rows = total = 0
     index: list[bytes] = []  # 17 bytes an image: 8.5 MB for a 500k-image member
+    buffer = memoryview(bytearray(size * RECORDS_PER_CHUNK))  # whole records; reused for every chunk
+    tail = b""  # a partial record: only the member's last chunk can end inside one
     spool = os.path.join(tmpdir, f"member-{entry.rel}")  # one per member: several may be uploading
     with translate("file://" + spool), open(spool, "wb") as out:  # TMPDIR full: one line, not OSError
-        pending = b""
-        while chunk := entry.handle.read(size * RECORDS_PER_CHUNK):
+        while not tail and (n := entry.data.fill(buffer)):
+            chunk = buffer[:n]
             sha.update(chunk)
             out.write(chunk)
-            total += len(chunk)
-            pending += chunk
-            whole = len(pending) - len(pending) % size
+            total += n
+            whole = n - n % size
             if whole:
-                batch = cifar.decode_binary(memoryview(pending)[:whole], layout, entry.shown, rows)
+                batch = cifar.decode_binary(chunk[:whole], layout, entry.shown, rows)
                 rows += len(batch)
                 index.append(content_index.encode(batch))
-                pending = pending[whole:]
+            tail = bytes(chunk[whole:])
     if total != entry.info.size:
         raise Truncated(f"unexpected end of data in {entry.shown}")
-    if pending or rows == 0:
-        cifar.decode_binary(pending, layout, entry.shown)  # raises: a partial record, or no images
+    if tail or rows == 0:
+        cifar.decode_binary(tail, layout, entry.shown)  # raises: a partial record, or no images
     hashes = b"".join(index)
     member = LandedMember(
         name=entry.info.name,
@@ -218,9 +217,8 @@ def stream_members(
             walk.admit(info, found, rel)
             if walk.layout is None:
                 walk.layout, walk.landing = found, landing_for(found)
-            handle = tar.extractfile(info)
-            assert handle is not None and walk.landing is not None  # a regular file (admit)
-            entry = Entry(info, handle, rel, role)
+            assert walk.landing is not None
+            entry = Entry(info, MemberBytes(tar, expanded, info), rel, role)
             if found.kind == "binary" and role != "meta":
                 walk.members.append(land_records(walk.landing, found, entry, tmpdir))
             else:
