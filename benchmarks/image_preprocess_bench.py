@@ -9,7 +9,8 @@ peak RSS of the whole process tree, 1-minute load average before and after):
   dedup, split, stats, commit);
 - **floor**: one Python process that reads the same landed files through the same storage layer, decodes and
   resizes each with ``cifarflow.data.images.decode`` and writes the raw HWC bytes to one Parquet file (zstd 1, as
-  the shards are): strictly less work than the job (no checksums, no dedup, no split, no stats, no commit).
+  the shards are): strictly less work than the job (no checksums, no dedup, no split, no stats, no commit),
+  with freed memory kept for reuse as the job's workers keep it (``cifarflow.data.allocator``).
 
 Repeats are interleaved (spark, floor, floor, spark, ...) so both see the same machine load.
 
@@ -91,10 +92,12 @@ def floor(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
     from cifarflow.data import manifest as mf
+    from cifarflow.data.allocator import keep_freed_memory
     from cifarflow.data.images import UndecodableImage, decode
     from cifarflow.data.ingest.marker import ImageIndex, read_raw
     from cifarflow.storage import Store
 
+    keep_freed_memory()  # as cifarflow's workers do (records before 895689a ran without it on both sides)
     store = Store()
     index = read_raw(store, args.raw)
     assert isinstance(index, ImageIndex), "the floor reads image folders"

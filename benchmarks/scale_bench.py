@@ -7,7 +7,8 @@ one Python process doing strictly less: it streams the same tarball once (``tarf
 each batch with cifarflow's own decoder (16 MB of records at a time for binary members, a pickle whole), sums
 the channel moments, and appends to one Parquet file with the same writer settings as a shard; no landing,
 no checksums, no dedup, no split, no commit. It keeps freed memory for reuse as cifarflow's ingest and
-workers do (``cifarflow.data.allocator``; without it the floor took 20.7 s instead of 15.8 at 10x binary).
+workers do (``cifarflow.data.allocator``; without it the floor took 20.7 s instead of 15.8 at 10x binary);
+``--floor-malloc glibc`` runs it with glibc's defaults, as every run before 895689a did.
 
 Every command is sampled by preprocess_bench's /proc sampler (peak RSS per role: driver, Spark JVM, Python
 workers; CPU seconds of the whole tree). Tarballs are generated once under ``--workdir`` with
@@ -54,8 +55,9 @@ def tarball(workdir: Path, scale: int, fmt: str) -> Path:
 # -- the floor ----------------------------------------------------------------------------------------------
 
 
-def floor(source: str, out: str) -> None:
-    """Stream the tarball once: decode, sum, append to one Parquet file (module docstring)."""
+def floor(source: str, out: str, malloc: str = "kept") -> None:
+    """Stream the tarball once: decode, sum, append to one Parquet file (module docstring). ``malloc``: kept
+    (freed memory kept for reuse, as cifarflow runs) or glibc (its defaults, as the floor ran before 895689a)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -67,7 +69,8 @@ def floor(source: str, out: str) -> None:
     from cifarflow.data.preprocess.ranges import RANGE_BYTES
     from cifarflow.data.preprocess.schema import image_column
 
-    keep_freed_memory()  # the allocator setting cifarflow's ingest and workers run with
+    if malloc == "kept":
+        keep_freed_memory()  # the allocator setting cifarflow's ingest and workers run with
     layout = LAYOUTS["cifar10-binary" if "binary" in Path(source).name else "cifar10-python"]
     schema = pa.schema([mf.SCHEMA.field("label"), mf.SCHEMA.field("image")])
     sums, squares, images = np.zeros(3, np.int64), np.zeros(3, np.int64), 0
@@ -119,14 +122,25 @@ def _summary(seconds: float, peaks: Peaks) -> dict[str, Any]:
     }
 
 
-def run_floor(source: Path, work: Path) -> dict[str, Any]:
+def run_floor(source: Path, work: Path, malloc: str) -> dict[str, Any]:
     out = work / "floor.parquet"
-    command = [sys.executable, __file__, "floor", "--source", str(source), "--out", str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "floor",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--malloc",
+        malloc,
+    ]
     seconds, peaks, text = _measure(command, work / "floor.log")
     result = {
         **_summary(seconds, peaks),
         "parquet_bytes": out.stat().st_size,
         "load": machine()["load_avg_1m_before"],
+        "malloc": malloc,
     }
     result.update(json.loads(text.strip().splitlines()[-1]))
     out.unlink()
@@ -180,7 +194,9 @@ def run(args: argparse.Namespace) -> None:
             runs: dict[str, dict[str, Any]] = {}
             for what in order:
                 runs[what] = (
-                    run_floor(source, work) if what == "floor" else run_cifarflow(source, work, args.master)
+                    run_floor(source, work, args.floor_malloc)
+                    if what == "floor"
+                    else run_cifarflow(source, work, args.master)
                 )
             record(
                 "scale",
@@ -221,8 +237,9 @@ def _mb(value: int) -> str:
 
 def table(args: argparse.Namespace) -> None:
     print(
-        "| commit | scale | format | images | load | floor s | cifarflow s (ingest + preprocess) | cifarflow / floor "
-        "images/s | CPU s floor / cifarflow | peak RSS MB: floor / ingest / driver / JVM / workers |"
+        "| commit | scale | format | images | load | floor s (its malloc) | cifarflow s (ingest + preprocess) "
+        "| cifarflow / floor images/s | CPU s floor / cifarflow "
+        "| peak RSS MB: floor / ingest / driver / JVM / workers |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results():
@@ -231,7 +248,7 @@ def table(args: argparse.Namespace) -> None:
         rss = p["peak_rss"]
         print(
             f"| {r['commit']} | {r['scale']}× | {r['format']} | {r['images']:,} | {f['load']}/{i['load']} "
-            f"| {f['seconds']:.1f} "
+            f"| {f['seconds']:.1f} ({f.get('malloc', 'glibc')}) "
             f"| {c['seconds']:.1f} ({i['seconds']:.1f} + {p['seconds']:.1f}) | **{r['ratio']:.2f}×** "
             f"| {f['cpu_s']:.0f} / {i['cpu_s'] + p['cpu_s']:.0f} "
             f"| {_mb(f['peak_total_rss'])} / {_mb(i['peak_total_rss'])} / {_mb(rss.get('driver', 0))} "
@@ -248,8 +265,9 @@ def plot(args: argparse.Namespace) -> None:
     runs = results()
     code = runs[-1]["src_tree"]  # the code as it is now: earlier trees are the before of its levers
     latest = runs[-1]["commit"]
+    malloc = runs[-1]["floor"].get("malloc", "glibc")  # floors alike: the latest run's allocator setting
     best: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in (r for r in runs if r["src_tree"] == code):
+    for r in (r for r in runs if r["src_tree"] == code and r["floor"].get("malloc", "glibc") == malloc):
         key = (r["format"], r["scale"])
         if key not in best or r["cifarflow"]["seconds"] < best[key]["cifarflow"]["seconds"]:
             best[key] = r
@@ -325,9 +343,13 @@ def main() -> None:
     p_run.add_argument("--master", default="local[2]")
     p_run.add_argument("--repeat", type=int, default=1)
     p_run.add_argument("--workdir", default="/tmp/scale")
+    p_run.add_argument(
+        "--floor-malloc", default="kept", choices=["kept", "glibc"], help="the floor's allocator setting"
+    )
     p_floor = sub.add_parser("floor", help="the floor itself (one process)")
     p_floor.add_argument("--source", required=True)
     p_floor.add_argument("--out", required=True)
+    p_floor.add_argument("--malloc", default="kept", choices=["kept", "glibc"])
     sub.add_parser("table")
     sub.add_parser("plot")
     args = parser.parse_args()
@@ -335,7 +357,7 @@ def main() -> None:
         args.scale = args.scale or [1, 10, 50]
         run(args)
     elif args.what == "floor":
-        floor(args.source, args.out)
+        floor(args.source, args.out, args.malloc)
     else:
         {"table": table, "plot": plot}[args.what](args)
 
