@@ -2,9 +2,8 @@
 (and, for a flat image folder, the test carve). Only counts, cut-offs and the rows of duplicate groups reach
 the driver.
 
-No step sorts or windows every row. One query groups the rows by split key and gives the counts per class,
-the keys' histogram and the repeated keys (almost every key is unique, so only the rows of the few repeated
-ones are collected, and the driver decides them by their content hash).
+No step sorts or windows every row. Duplicates come from a hash aggregate (almost every key is unique, so
+only the rows of the few repeated ones are collected, and the driver decides them by their content hash).
 A class's cut-off, its k-th smallest (key, id), comes from a histogram of the keys' top bits (the keys are
 uniform: they mix a content hash with the seed), then the rows of the one bucket that holds the k-th,
 sorted on the driver.
@@ -68,59 +67,16 @@ def decide(rows: list[Any]) -> dict[str, str]:
     return reasons
 
 
-@dataclass
-class Summary:
-    """What one query over every scan row gives (:func:`summarize`): the counts per split and class and the
-    train keys' histogram over the rows whose key occurs once, and the keys that occur more than once."""
-
-    counts: dict[str, dict[int, int]]
-    hist: Histogram
-    repeated: list[int]
-
-    def add(self, src: str, label: int, key: int) -> None:
-        """Count one row of a repeated key (collected whole)."""
-        self.counts[src][label] = self.counts[src].get(label, 0) + 1
-        if src == "train":
-            self.hist.add(label, key >> self.hist.shift, 1)
-
-
-def summarize(scan: DataFrame, shift: int) -> Summary:
-    """One query: rows grouped by their split key (a function of the content hash, so equal hashes share it;
-    8 bytes group for half what the 16-byte hash costs), then the keys that occur once by (split, class,
-    bucket of the key's top bits) and counted, and those that occur more than once gathered in one list. Every
-    aggregate is over fixed-width values, so Spark hashes them rather than sorting the rows."""
+def repeated_rows(scan: DataFrame, columns: list[str]) -> list[Any]:
+    """The rows whose split key occurs more than once. The key is a function of the content hash, so equal
+    hashes share it, and grouping by its 8 bytes costs half what the 16-byte hash does at 50x; :func:`decide`
+    then groups the few rows by the hash itself. Without repeated keys (the usual case) nothing more is read."""
     from pyspark.sql import functions as F
 
-    per_key = scan.groupBy("key").agg(
-        F.count(F.lit(1)).alias("n"),
-        F.min((F.col("src") == "train").cast("int")).alias("train"),
-        F.min("label").alias("label"),
-    )
-    once = F.col("n") == 1
-    summary = per_key.groupBy(
-        F.when(once, F.col("train")).alias("train"),
-        F.when(once, F.col("label")).alias("label"),
-        F.when(once & (F.col("train") == 1), bucket("key", shift)).alias("bucket"),
-    ).agg(F.count(F.lit(1)).alias("count"), F.collect_list(F.when(~once, F.col("key"))).alias("repeated"))
-    result = Summary({"train": {}, "test": {}}, Histogram(shift), [])
-    for row in summary.collect():
-        result.repeated += row.repeated
-        if row.train is None:  # the repeated keys' group: their rows are counted once collected
-            continue
-        src = "train" if row.train else "test"
-        result.counts[src][row.label] = result.counts[src].get(row.label, 0) + row["count"]
-        if row.bucket is not None:
-            result.hist.add(row.label, row.bucket, row["count"])
-    return result
-
-
-def rows_of(scan: DataFrame, keys: list[int], columns: list[str]) -> list[Any]:
-    """The scan rows with one of ``keys`` (the few repeated ones; none: nothing is read)."""
-    from pyspark.sql import functions as F
-
+    keys = scan.groupBy("key").count().filter(F.col("count") > 1).select("key").collect()
     if not keys:
         return []
-    wanted = scan.sparkSession.createDataFrame([(key,) for key in keys], "key long")
+    wanted = scan.sparkSession.createDataFrame([(row.key,) for row in keys], "key long")
     return scan.join(F.broadcast(wanted), "key", "left_semi").select(*columns).collect()
 
 
@@ -207,12 +163,19 @@ def plan_split(
     then the ``round(n * val_fraction)`` with the smallest (key, id) as val."""
     from pyspark.sql import functions as F
 
+    # One query: the counts per split and class, and the train keys' histogram.
     shift = bucket_shift(rows // max(classes, 1), classes)
-    summary = summarize(scan, shift)
-    repeated = rows_of(scan, summary.repeated, ["id", "src", "label", "hash", "key"])
-    for row in repeated:
-        summary.add(row.src, row.label, row.key)
-    train_kept, test, hist = summary.counts["train"], summary.counts["test"], summary.hist
+    train = F.col("src") == "train"
+    by_split: dict[str, dict[int, int]] = {"train": {}, "test": {}}
+    hist = Histogram(shift)
+    counts = scan.groupBy("src", "label", F.when(train, bucket("key", shift)).alias("bucket")).count()
+    for row in counts.collect():
+        by_split[row.src][row.label] = by_split[row.src].get(row.label, 0) + row["count"]
+        if row.src == "train":
+            hist.add(row.label, row.bucket, row["count"])
+    train_kept, test = by_split["train"], by_split["test"]
+
+    repeated = repeated_rows(scan, ["id", "src", "label", "hash", "key"])
     reasons = decide(repeated)
     dups = dict.fromkeys(REASONS.values(), 0)
     dropped: dict[str, list[int]] = defaultdict(list)
@@ -231,7 +194,7 @@ def plan_split(
     if not train_kept:
         raise InputError("no train images are left after removing duplicates", "check the archive")
 
-    pool = scan.filter(F.col("src") == "train")
+    pool = scan.filter(train)
     if gone:
         pool = pool.join(F.broadcast(scan.sparkSession.createDataFrame(gone, "id string")), "id", "left_anti")
     carve = None
