@@ -152,7 +152,7 @@ def _empty_bytes() -> bytes:
     return b""
 
 
-def restricted_loads(data: bytes | bytearray, what: str = "pickle") -> Any:
+def restricted_loads(data: bytes, what: str = "pickle") -> Any:
     """Unpickle CIFAR data: dicts, lists, bytes, str, ints and numpy arrays only."""
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
@@ -235,7 +235,7 @@ def hwc_to_chw(rows: np.ndarray) -> np.ndarray:
     )
 
 
-def decode_python(data: bytes | bytearray, layout: Layout, member: str) -> Batch:
+def decode_python(data: bytes, layout: Layout, member: str) -> Batch:
     """Decode one python-format batch file (``data_batch_1``, ``test``...)."""
     obj = restricted_loads(data, what=member)
     if not isinstance(obj, dict):
@@ -333,7 +333,7 @@ def _checked(batch: Batch, layout: Layout) -> Batch:
     return batch
 
 
-def label_names(meta: bytes | bytearray, layout: Layout) -> list[str]:
+def label_names(meta: bytes, layout: Layout) -> list[str]:
     """Class names from the meta member (pickle for python layouts, one name per line for binary)."""
     if layout.kind == "binary":
         names = [line.strip() for line in meta.decode("utf-8", "replace").splitlines() if line.strip()]
