@@ -82,7 +82,8 @@ def _alive_workers(ui: str) -> int:
     try:
         with urllib.request.urlopen(f"{ui}/json/", timeout=2) as resp:
             return int(json.load(resp).get("aliveworkers", 0))
-    except (OSError, ValueError):  # not up yet: no answer, or a page that is not the JSON yet (a busy machine)
+    # Not up yet: no answer, or (on a busy machine) a page that is not the JSON yet.
+    except (OSError, ValueError):
         return 0
 
 
