@@ -349,13 +349,8 @@ def test_workers_load_the_installed_pyspark_not_sparks_zip(spark: Any) -> None:
         return str(pyspark.__file__)
 
     files = spark.sparkContext.parallelize([0, 1], 2).map(origin).collect()
-    assert files == [pyspark_init()] * 2  # not .../python/lib/pyspark.zip/pyspark/__init__.py
-
-
-def pyspark_init() -> str:
-    import pyspark
-
-    return str(pyspark.__file__)
+    # The driver's own (installed) pyspark, not .../python/lib/pyspark.zip/pyspark/__init__.py.
+    assert files == [origin(0)] * 2
 
 
 def test_the_daemon_drops_only_the_wheels_own_zips(tmp_path: Path) -> None:

@@ -57,18 +57,20 @@ def channel_moments(images: np.ndarray, rows: int | None = None) -> tuple[list[i
     float64 (exact below 2**53) and the chunks as Python ints: 2.3x faster than 256-bin histograms."""
     if rows is None:  # ~0.8 MB of pixels at a time (3 MB as float32): stays in cache at any image size
         rows = max(1, (256 * 3072) // max(1, images.shape[1] if images.ndim > 1 else 1))
-    sums, squares = np.zeros(3, dtype=object), np.zeros(3, dtype=object)
+    sums, squares = [0, 0, 0], [0, 0, 0]
     for start in range(0, len(images), rows):
         pixels = images[start : start + rows].reshape(-1, 3)
         whole = len(pixels) // _EXACT_BLOCK * _EXACT_BLOCK
         block = pixels[:whole].reshape(-1, _EXACT_BLOCK, 3).astype(np.float32)
-        chunk_sums = (_ONES @ block).sum(axis=0, dtype=np.float64)
+        chunk_sums = (_ONES @ block).sum(axis=0, dtype=np.float64).astype(np.int64)
         np.multiply(block, block, out=block)
-        chunk_squares = (_ONES @ block).sum(axis=0, dtype=np.float64)
-        rest = pixels[whole:].astype(np.int64)
-        sums += chunk_sums.astype(np.int64).astype(object) + rest.sum(axis=0).astype(object)
-        squares += chunk_squares.astype(np.int64).astype(object) + (rest * rest).sum(axis=0).astype(object)
-    return [int(x) for x in sums], [int(x) for x in squares]
+        chunk_squares = (_ONES @ block).sum(axis=0, dtype=np.float64).astype(np.int64)
+        rest = pixels[whole:].astype(np.int64)  # the last pixels short of a block
+        chunk_sums += rest.sum(axis=0)
+        chunk_squares += (rest * rest).sum(axis=0)
+        sums = [total + int(x) for total, x in zip(sums, chunk_sums, strict=True)]
+        squares = [total + int(x) for total, x in zip(squares, chunk_squares, strict=True)]
+    return sums, squares
 
 
 def mean_std(sums: list[int], squares: list[int], pixels: int) -> tuple[list[float], list[float]]:
