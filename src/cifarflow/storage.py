@@ -188,7 +188,7 @@ class Store:
                 yield handle
 
     # -- writes ---------------------------------------------------------------------------------------------
-    def write_bytes(self, url: str, data: bytes) -> None:
+    def write_bytes(self, url: str, data: bytes | bytearray) -> None:
         """Write a whole object atomically: readers see the old state or the new one, never a part.
 
         Object stores give this with a single PUT; on a local disk the bytes go to a unique temporary name in the
@@ -197,7 +197,7 @@ class Store:
         with translate(url):
             fs, path = self.fs(url)
             if not _is_local(fs):
-                fs.pipe_file(path, data)
+                fs.pipe_file(path, bytes(data))  # bytes as they are; a bytearray copied (clients want bytes)
                 return
         with self.write_atomic(url) as handle:
             handle.write(data)

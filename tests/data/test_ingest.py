@@ -558,6 +558,24 @@ def test_bad_archive(case: str, archives, tmp_path, capsys, quiet) -> None:
     assert files_under(dest) == []  # nothing committed, nothing half-written
 
 
+@pytest.mark.parametrize("protocol", range(5))  # numpy pickles protocol 5 through a global CIFAR never has
+def test_pickles_read_from_views_of_the_buffer(protocol: int) -> None:
+    """The restricted unpickler reads views of the buffer it is given (bytes or bytearray), whatever the
+    protocol (0 and 1 read names by line; 4 reads frames), and what it returns shares no memory with it."""
+    images = np.random.default_rng(protocol).integers(0, 256, (3, 3072), dtype=np.uint8)
+    batch = {b"batch_label": b"b", b"labels": [0, 9, 3], b"data": images, b"filenames": [b"a.png"] * 3}
+    data = pickle.dumps(batch, protocol=protocol)
+    for given in (data, bytearray(data)):
+        got = cifar.restricted_loads(given)
+        assert got.keys() == batch.keys() and got[b"labels"] == [0, 9, 3]
+        np.testing.assert_array_equal(got[b"data"], images)
+        if isinstance(given, bytearray):
+            given[:] = bytes(len(given))  # a reused buffer must not change what was decoded from it
+            np.testing.assert_array_equal(got[b"data"], images)
+    with pytest.raises(InputError, match="not a readable CIFAR pickle"):
+        cifar.restricted_loads(bytearray(data[: len(data) // 2]))
+
+
 def test_member_paths_cannot_escape_the_folder(tmp_path) -> None:
     evil = "cifar-10-batches-py/data_batch_1/../../../../escaped"
     src = cifar_tar(tmp_path, data_batch_1=py_batch(2), test_batch=py_batch(2))

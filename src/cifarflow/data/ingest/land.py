@@ -61,7 +61,7 @@ class Landing:
     def land(
         self,
         member: LandedMember,
-        data: bytes | None = None,
+        data: bytes | bytearray | None = None,
         local_path: str | None = None,
         index: bytes | None = None,
     ) -> None:
@@ -98,7 +98,7 @@ class Landing:
         url: str,
         record: str,
         *,
-        data: bytes | None,
+        data: bytes | bytearray | None,
         local_path: str | None,
         index: bytes | None,
     ) -> None:

@@ -67,7 +67,7 @@ def shown(name: str) -> str:
 
 def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMember:
     """Pickled batches and meta files: read whole (one batch is ~31 MB), validate, write."""
-    data = bytes(entry.data.read_all())  # unpickled in place (io.BytesIO shares bytes; it copies a bytearray)
+    data = entry.data.read_all()  # unpickled, hashed and written from this one buffer
     rows, index = 0, None
     if entry.rel == layout.meta:
         cifar.label_names(data, layout)
