@@ -25,7 +25,7 @@ import pytest
 
 from cifarflow.cli import main
 from cifarflow.data import cifar, content_index, ingest, synth
-from cifarflow.data.ingest import stream
+from cifarflow.data.ingest import decompress, stream
 from cifarflow.data.ingest.land import SPOOL_PREFIX, Landing
 from cifarflow.errors import InputError
 from cifarflow.storage import StorageConfig, Store
@@ -574,6 +574,19 @@ def test_pickles_read_from_views_of_the_buffer(protocol: int) -> None:
             np.testing.assert_array_equal(got[b"data"], images)
     with pytest.raises(InputError, match="not a readable CIFAR pickle"):
         cifar.restricted_loads(bytearray(data[: len(data) // 2]))
+
+
+def test_the_gil_is_handed_over_promptly_only_while_members_land(archives, tmp_path, monkeypatch) -> None:
+    seen: list[float] = []
+    land = stream.land_whole
+    monkeypatch.setattr(stream, "land_whole", lambda *a: seen.append(sys.getswitchinterval()) or land(*a))
+    before = sys.getswitchinterval()
+    ingest.ingest(str(archives["cifar10-python"]), str(tmp_path / "out"), store=Store())
+    assert seen and set(seen) == {decompress.HANDOVER_S}
+    assert sys.getswitchinterval() == before
+    with pytest.raises(InputError), decompress.prompt_handovers():
+        raise InputError("bad input", "fix it")
+    assert sys.getswitchinterval() == before
 
 
 def test_member_paths_cannot_escape_the_folder(tmp_path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cifarflow.data import cifar, content_index
-from cifarflow.data.ingest.decompress import Expanded, Truncated, too_big
+from cifarflow.data.ingest.decompress import Expanded, Truncated, prompt_handovers, too_big
 from cifarflow.data.ingest.land import Landing
 from cifarflow.data.ingest.marker import LandedMember, MemberRole
 from cifarflow.data.ingest.members import MemberBytes
@@ -199,6 +199,7 @@ def stream_members(
     walk = _Walk(max_bytes)
     # tarfile's default 10 KiB reads cost ~2.3 s of calls, copies and page faults at 10x.
     with (
+        prompt_handovers(),
         Expanded(reader, max_bytes, ahead=TAR_READ, threaded=True) as expanded,
         tarfile.open(fileobj=expanded, mode="r|", bufsize=TAR_READ) as tar,
     ):
