@@ -460,9 +460,12 @@ def test_tasks_start_with_the_largest_range(spark: Any) -> None:
     """Spark starts partitions in order: a big pickle first runs beside the small ones, not alone at the end."""
     files = [*members("python", [10, 50, 10]), *members("python", [80], split="test")]
     parts = pre.plan_ranges(files, LAYOUTS["cifar10-python"])
-    numbers = preprocess_job.largest_first(spark, parts)
+    order = preprocess_job.largest_first(parts)
+    assert order == [3, 1, 0, 2]  # by size; ties in input order
+    numbers = preprocess_job.range_frame(spark, order)
     assert numbers.rdd.getNumPartitions() == 4
-    assert [row.id for row in numbers.collect()] == [3, 1, 0, 2]  # by size; ties in input order
+    assert [row.id for row in numbers.collect()] == order
+    assert spark.sparkContext.parallelize(order, len(order)).glom().collect() == [[3], [1], [0], [2]]
 
 
 def test_a_worker_heap_is_frozen_after_its_first_task() -> None:

@@ -5,7 +5,9 @@ dataset. :mod:`.job` runs it (its docstring has the stages); the modules, each o
 - :mod:`.schema`: the Arrow schemas of what tasks return, and a shard's Arrow table;
 - :mod:`.ranges`: the CIFAR input and its input ranges (one Spark task each);
 - :mod:`.tasks`: what runs on the executors (read a range, scan it, write its shards);
-- :mod:`.plan`: pass 1's decisions in Spark SQL (duplicates, leakage, the val cut);
+- :mod:`.plan`: pass 1's decisions (duplicates, leakage, the val cut), asked of a scan: in Spark SQL over
+  scan rows (:class:`~.plan.FrameScan`), or
+- :mod:`.indexes`: in Python tasks over ingest's content indexes (:class:`~.indexes.IndexScan`);
 - :mod:`.commit`: the driver's checks, the manifest, the move and the commit, the one-line error.
 """
 
@@ -29,22 +31,24 @@ from cifarflow.data.preprocess.keys import (
     split_keys,
     val_count,
 )
-from cifarflow.data.preprocess.plan import SplitPlan, plan_split
+from cifarflow.data.preprocess.plan import FrameScan, Scan, SplitPlan, plan_split
 from cifarflow.data.preprocess.ranges import CifarInput, InputFile, InputRange, plan_ranges
-from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, image_column, shard_table, spark_schema
+from cifarflow.data.preprocess.schema import SCAN_ARROW, ShardRow, image_column, shard_table, spark_schema
 from cifarflow.data.preprocess.tasks import TEST_DELAY_ENV, TaskContext, scan_task, write_task
 
 __all__ = [
     "RECIPE",
     "SCAN_ARROW",
-    "SHARD_ARROW",
     "TEST_DELAY_ENV",
     "CifarInput",
     "Cutoffs",
+    "FrameScan",
     "InputFile",
     "InputRange",
     "Job",
     "PreprocessResult",
+    "Scan",
+    "ShardRow",
     "SplitPlan",
     "TaskContext",
     "_user_error",

@@ -5,17 +5,18 @@ Stages (docs/architecture.md draws them):
 1. **Plan** (driver): read the raw index that ingest committed and cut the input into input ranges: one per
    python batch file (a pickle cannot be read from the middle), record-aligned byte ranges of binary files
    (:mod:`.ranges`). The ranges become a DataFrame of range numbers, one per partition.
-2. **Scan** (tasks, :mod:`.tasks`): read the range's records from the content index ingest landed beside
-   each CIFAR member (:mod:`cifarflow.data.content_index`: a label and a hash, 17 bytes an image), or without
-   one read the range through :class:`~cifarflow.storage.Store`, decode it with the vectorised decoders of
-   :mod:`cifarflow.data.cifar` and hash it; return small columns only (id, source split, label, content hash,
-   split key; :mod:`.schema`); no image bytes leave the tasks.
-3. **Plan the split** (Spark SQL over the small columns, :mod:`.plan`): exact duplicates (train duplicates
-   dropped except the lowest id, train images also in test dropped as leakage, test duplicates counted and
-   kept), then per class the ``round(n * val_fraction)`` train images with the smallest (key, id) go to val.
-   A hash aggregate on the split key finds repeated images and a key histogram the bucket of each cut-off:
-   nothing sorts every row. Only counts, the duplicate groups' rows and one bucket's rows per class reach the
-   driver.
+2. **Scan** (tasks): with the content index ingest landed beside each CIFAR member
+   (:mod:`cifarflow.data.content_index`: a label and a hash, 17 bytes an image), tasks read it and answer
+   pass 1's questions themselves (:mod:`.indexes`: counts, repeated keys, one key bucket's rows), so only
+   small aggregates reach the JVM; without one (an older ingest, image folders) they read the range through
+   :class:`~cifarflow.storage.Store`, decode it with the vectorised decoders of :mod:`cifarflow.data.cifar`,
+   hash it and return small columns (id, source split, label, content hash, split key; :mod:`.schema`),
+   cached for the queries of step 3 (:mod:`.tasks`). No image bytes leave the tasks.
+3. **Plan the split** (:mod:`.plan`, over either scan): exact duplicates (train duplicates dropped except the
+   lowest id, train images also in test dropped as leakage, test duplicates counted and kept), then per class
+   the ``round(n * val_fraction)`` train images with the smallest (key, id) go to val. Grouping by the split
+   key finds repeated images and a key histogram the bucket of each cut-off: nothing sorts every row. Only
+   counts, the duplicate groups' rows and one bucket's rows per class reach the driver.
 4. **Write** (tasks): read and decode the range, check its hashes against the index pass 1 read (a
    disagreement fails the job), drop, assign train/val by the cut-offs, write Parquet shards to
    names derived from the range number (a retried or speculative attempt writes the same bytes to the same
@@ -57,10 +58,11 @@ from cifarflow.data.preprocess.folders import (
     plan_image_ranges,
     skipped_files,
 )
+from cifarflow.data.preprocess.indexes import IndexScan
 from cifarflow.data.preprocess.keys import Cutoffs
 from cifarflow.data.preprocess.plan import SplitPlan, plan_split
 from cifarflow.data.preprocess.ranges import CifarInput, InputRange, cifar_input, plan_ranges, refuse_dataset
-from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, spark_schema
+from cifarflow.data.preprocess.schema import SCAN_ARROW, spark_schema
 from cifarflow.data.preprocess.tasks import TaskContext, scan_task, test_delay, write_task
 from cifarflow.data.spark import StageProgress
 from cifarflow.errors import CifarflowError, InputError
@@ -257,13 +259,13 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
     ctx = TaskContext(
         tuple(job.ranges), job.seed, job.store, job.num_classes, layout, job.settings, delay_s=test_delay()
     )
-    inputs = largest_first(spark, job.ranges)  # one range number per partition
+    order = largest_first(job.ranges)
 
     clock = time.monotonic()
     if job.settings is None:
-        plan, carve, image, skipped = cifar_pass_one(spark, ctx, inputs, job), None, job.image, None
+        plan, carve, image, skipped = cifar_pass_one(spark, ctx, order, job), None, job.image, None
     else:
-        plan, carve, image, skipped = image_pass_one(spark, ctx, inputs, job)
+        plan, carve, image, skipped = image_pass_one(spark, ctx, order, job)
     log.info(
         "pass 1: %d train images kept, %d test; duplicates %s; val cut-offs for %d classes (%.1f s)",
         sum(plan.train_kept.values()),
@@ -273,7 +275,7 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
         time.monotonic() - clock,
     )
 
-    # Pass 2: tasks write their shards and return one small row each.
+    # Pass 2: tasks write their shards and return one small record each (an RDD job: no query to plan).
     clock = time.monotonic()
     dropped = spark.sparkContext.broadcast(plan.dropped)
     try:
@@ -281,23 +283,28 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
             write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs, carve=carve
         )
         with StageProgress(spark, "pass 2/2: split and write shards"):
-            rows = inputs.mapInArrow(task, spark_schema(SHARD_ARROW)).collect()
+            rows = spark.sparkContext.parallelize(order, len(order)).mapPartitions(task).collect()
     finally:
         dropped.destroy(blocking=True)
     log.info("pass 2: %d shards written (%.1f s)", len(rows), time.monotonic() - clock)
     return assemble(replace(job, image=image), rows, plan, skipped)
 
 
-def largest_first(spark: SparkSession, ranges: list[Any]) -> DataFrame:
-    """One range number per partition, the largest range first. Spark starts partitions in order, so a long
-    task (a big pickle: the synthetic 50x test set is one of 500k images) runs beside the short ones instead
-    of alone at the end. Shard names come from the range number, so the order changes no byte written."""
-    from pyspark.sql import functions as F
+def largest_first(ranges: list[Any]) -> list[int]:
+    """The range numbers, the largest range first: one a partition, and Spark starts partitions in order, so a
+    long task (a big pickle: the synthetic 50x test set is one of 500k images) runs beside the short ones
+    instead of alone at the end. Shard names come from the range number, so the order changes no byte."""
 
     def size(part: Any) -> int:
         return part.length if isinstance(part, InputRange) else part.bytes
 
-    order = sorted(range(len(ranges)), key=lambda i: -size(ranges[i]))  # stable: ties keep input order
+    return sorted(range(len(ranges)), key=lambda i: -size(ranges[i]))  # stable: ties keep input order
+
+
+def range_frame(spark: SparkSession, order: list[int]) -> DataFrame:
+    """``order`` as a DataFrame of one range number (``id``) per partition, for the scans that Spark SQL reads."""
+    from pyspark.sql import functions as F
+
     numbers = spark.range(0, len(order), 1, len(order))
     return numbers.select(F.element_at(F.array(*map(F.lit, order)), F.col("id").cast("int") + 1).alias("id"))
 
@@ -310,21 +317,18 @@ def images(job: Job) -> int:
     return sum(part.rows or part.length // job.source.layout.record_bytes for part in job.ranges)
 
 
-def cifar_pass_one(spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job: Job) -> SplitPlan:
-    """Pass 1 over CIFAR ranges: small columns only, read by several small queries."""
+def cifar_pass_one(spark: SparkSession, ctx: TaskContext, order: list[int], job: Job) -> SplitPlan:
+    """Pass 1 over CIFAR ranges: small answers only, from several small queries."""
     from pyspark import StorageLevel
 
-    scan_all, schema = functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW)
     if all(part.hashes_url for part in job.ranges):
-        # Content indexes: 17 bytes an image, so a task's fixed cost (~0.1 s) outweighs its reads; one task per
-        # core reads many ranges' records (the rows and every decision stay the same). Each query reads them
-        # again: at 50x that costs less than building Spark's columnar cache of 3M rows (11 s against 17 s).
-        cores = min(len(job.ranges), spark.sparkContext.defaultParallelism)
         with StageProgress(spark, "pass 1/2: read content indexes, deduplicate"):
-            indexes = spark.range(0, len(job.ranges), 1, cores).mapInArrow(scan_all, schema)
-            return plan_split(indexes, job.val_fraction, images(job), job.num_classes)
+            return plan_split(IndexScan(spark, ctx), job.val_fraction, images(job), job.num_classes)
     # Without them the scan decodes and hashes every image: once, cached.
-    scan = inputs.mapInArrow(scan_all, schema).persist(StorageLevel.MEMORY_AND_DISK)
+    scan = range_frame(spark, order).mapInArrow(
+        functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW)
+    )
+    scan = scan.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
             return plan_split(scan, job.val_fraction, images(job), job.num_classes)
@@ -334,7 +338,7 @@ def cifar_pass_one(spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job
 
 
 def image_pass_one(
-    spark: SparkSession, ctx: TaskContext, inputs: DataFrame, job: Job
+    spark: SparkSession, ctx: TaskContext, order: list[int], job: Job
 ) -> tuple[SplitPlan, Cutoffs | None, mf.ImageSpec, mf.Skipped | None]:
     """Pass 1 over image ranges: the CIFAR decisions on the decodable images, after the image-only ones
     (undecodable files, the size, a flat folder's test carve)."""
@@ -342,7 +346,8 @@ def image_pass_one(
     from pyspark.sql import functions as F
 
     assert job.settings is not None and isinstance(job.source, ImageInput)
-    scan = inputs.mapInArrow(functools.partial(image_scan_task, ctx=ctx), spark_schema(IMAGE_SCAN_ARROW))
+    task = functools.partial(image_scan_task, ctx=ctx)
+    scan = range_frame(spark, order).mapInArrow(task, spark_schema(IMAGE_SCAN_ARROW))
     scan = scan.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with StageProgress(spark, "pass 1/2: decode, resize, hash, deduplicate"):

@@ -2,16 +2,21 @@
 (and, for a flat image folder, the test carve). Only counts, cut-offs and the rows of duplicate groups reach
 the driver.
 
-No step sorts or windows every row. Duplicates come from a hash aggregate (almost every key is unique, so
-only the rows of the few repeated ones are collected, and the driver decides them by their content hash).
-A class's cut-off, its k-th smallest (key, id), comes from a histogram of the keys' top bits (the keys are
-uniform: they mix a content hash with the seed), then the rows of the one bucket that holds the k-th,
+No step sorts or windows every row. Duplicates come from grouping by the split key (almost every key is
+unique, so only the rows of the few repeated ones are collected, and the driver decides them by their content
+hash). A class's cut-off, its k-th smallest (key, id), comes from a histogram of the keys' top bits (the keys
+are uniform: they mix a content hash with the seed), then the rows of the one bucket that holds the k-th,
 sorted on the driver.
+
+:func:`plan_split` asks its questions of a :class:`Scan`: :class:`FrameScan` answers them in Spark SQL over a
+DataFrame of scan rows; :class:`~.indexes.IndexScan` in Python tasks over ingest's content indexes.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,19 +72,6 @@ def decide(rows: list[Any]) -> dict[str, str]:
     return reasons
 
 
-def repeated_rows(scan: DataFrame, columns: list[str]) -> list[Any]:
-    """The rows whose split key occurs more than once. The key is a function of the content hash, so equal
-    hashes share it, and grouping by its 8 bytes costs half what the 16-byte hash does at 50x; :func:`decide`
-    then groups the few rows by the hash itself. Without repeated keys (the usual case) nothing more is read."""
-    from pyspark.sql import functions as F
-
-    keys = scan.groupBy("key").count().filter(F.col("count") > 1).select("key").collect()
-    if not keys:
-        return []
-    wanted = scan.sparkSession.createDataFrame([(row.key,) for row in keys], "key long")
-    return scan.join(F.broadcast(wanted), "key", "left_semi").select(*columns).collect()
-
-
 def bucket_shift(rows: int, classes: int) -> int:
     """How far to shift a key right for its bucket: about :data:`BUCKET_ROWS` of a class's ``rows`` a bucket,
     at most :data:`MAX_HISTOGRAM` buckets over all classes, and at least 2 buckets (a shift by 64 is none)."""
@@ -119,27 +111,15 @@ def bucket(key: str, shift: int) -> Column:
     return F.shiftright(F.col(key), shift)
 
 
-def histogram(pool: DataFrame, key: str, shift: int) -> Histogram:
-    hist = Histogram(shift)
-    for row in pool.groupBy("label", bucket(key, shift).alias("bucket")).count().collect():
-        hist.add(row.label, row.bucket, row["count"])
-    return hist
-
-
-def smallest(pool: DataFrame, key: str, hist: Histogram, wanted: dict[int, int]) -> Cutoffs:
-    """Per class ``c``, the ``wanted[c]``-th smallest (``key``, id) of ``pool`` (``hist``: its histogram): the
-    rows of the one bucket that holds it are collected and sorted here."""
-    from pyspark.sql import functions as F
-
+def smallest(scan: Scan, key: str, hist: Histogram, wanted: dict[int, int]) -> Cutoffs:
+    """Per class ``c``, the ``wanted[c]``-th smallest (``key``, id) of the scan's train pool (``hist``: its
+    histogram): the rows of the one bucket that holds it are collected and sorted here."""
     targets = hist.targets({c: k for c, k in wanted.items() if k > 0})
     if not targets:
         return Cutoffs({}, {})
-    chosen = F.create_map(*[F.lit(x) for c in sorted(targets) for x in (c, targets[c][0])])
-    in_bucket = F.element_at(chosen, F.col("label")) == bucket(key, hist.shift)
-    rows = pool.filter(in_bucket).select("label", key, "id").collect()
     found: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for row in rows:
-        found[row.label].append((row[key], row.id))
+    for label, value, row_id in scan.bucket_rows(key, hist.shift, {c: b for c, (b, _) in targets.items()}):
+        found[label].append((value, row_id))
     cut = {c: sorted(found[c])[rank] for c, (_, rank) in targets.items()}
     return Cutoffs({c: k for c, (k, _) in cut.items()}, {c: i for c, (_, i) in cut.items()})
 
@@ -154,32 +134,118 @@ def below(cut: Cutoffs, key: str) -> Column:
     return k.isNotNull() & ((F.col(key) < k) | ((F.col(key) == k) & (F.col("id") <= i)))
 
 
+class Scan(ABC):
+    """What pass 1 asks of the scan rows (:data:`~.schema.SCAN_ARROW`); answers are small (counts, the rows
+    of repeated keys, one key bucket's rows per class), whatever the number of images."""
+
+    @abstractmethod
+    def counts(self, shift: int) -> list[tuple[str, int, int | None, int]]:
+        """(src, label, train key bucket or None for test, images), one tuple per group."""
+
+    @abstractmethod
+    def repeated(self) -> list[Any]:
+        """The rows (``id``, ``src``, ``label``, ``hash``, ``key``) whose split key occurs more than once. The key
+        is a function of the content hash, so equal hashes share it; :func:`decide` then groups the few rows
+        by the hash itself."""
+
+    @abstractmethod
+    def without(self, gone: list[str]) -> Scan:
+        """The same scan whose train pool leaves out the rows with these ids (duplicates dropped)."""
+
+    @abstractmethod
+    def bucket_rows(self, key: str, shift: int, targets: dict[int, int]) -> list[tuple[int, int, str]]:
+        """(label, ``key``, id) of the train pool's rows whose ``key >> shift`` is their class's target."""
+
+
+class FrameScan(Scan):
+    """:class:`Scan` over a DataFrame of scan rows, in Spark SQL (decoded images, image folders; ``tkey`` too
+    for a flat folder's carve)."""
+
+    def __init__(self, frame: DataFrame) -> None:
+        from pyspark.sql import functions as F
+
+        self.frame, self.pool = frame, frame.filter(F.col("src") == "train")
+
+    def counts(self, shift: int) -> list[tuple[str, int, int | None, int]]:
+        from pyspark.sql import functions as F
+
+        train = F.col("src") == "train"
+        grouped = self.frame.groupBy(
+            "src", "label", F.when(train, bucket("key", shift)).alias("bucket")
+        ).count()
+        return [(r.src, r.label, r.bucket, r["count"]) for r in grouped.collect()]
+
+    def repeated(self) -> list[Any]:
+        # Grouping by the 8-byte key costs half what the 16-byte hash does at 50x.
+        from pyspark.sql import functions as F
+
+        keys = self.frame.groupBy("key").count().filter(F.col("count") > 1).select("key").collect()
+        if not keys:
+            return []
+        wanted = self.frame.sparkSession.createDataFrame([(row.key,) for row in keys], "key long")
+        repeated = self.frame.join(F.broadcast(wanted), "key", "left_semi")
+        return repeated.select("id", "src", "label", "hash", "key").collect()
+
+    def _with_pool(self, pool: DataFrame) -> FrameScan:
+        other = copy.copy(self)
+        other.pool = pool
+        return other
+
+    def without(self, gone: list[str]) -> FrameScan:
+        from pyspark.sql import functions as F
+
+        if not gone:
+            return self
+        ids = self.frame.sparkSession.createDataFrame([(i,) for i in gone], "id string")
+        return self._with_pool(self.pool.join(F.broadcast(ids), "id", "left_anti"))
+
+    def carved(self, cut: Cutoffs) -> FrameScan:
+        """The train pool without the rows at or below a flat folder's test carve."""
+        return self._with_pool(self.pool.filter(~below(cut, "tkey")))
+
+    def histogram(self, key: str, shift: int) -> Histogram:
+        hist = Histogram(shift)
+        for row in self.pool.groupBy("label", bucket(key, shift).alias("bucket")).count().collect():
+            hist.add(row.label, row.bucket, row["count"])
+        return hist
+
+    def bucket_rows(self, key: str, shift: int, targets: dict[int, int]) -> list[tuple[int, int, str]]:
+        from pyspark.sql import functions as F
+
+        chosen = F.create_map(*[F.lit(x) for c in sorted(targets) for x in (c, targets[c])])
+        in_bucket = F.element_at(chosen, F.col("label")) == bucket(key, shift)
+        return [
+            (r.label, r[key], r.id) for r in self.pool.filter(in_bucket).select("label", key, "id").collect()
+        ]
+
+
 def plan_split(
-    scan: DataFrame, val_fraction: float, rows: int, classes: int, carve_fraction: float | None = None
+    scan: Scan | DataFrame,
+    val_fraction: float,
+    rows: int,
+    classes: int,
+    carve_fraction: float | None = None,
 ) -> SplitPlan:
     """Pass 1's decisions over ``scan`` (:data:`~.schema.SCAN_ARROW` rows, plus ``tkey`` for a carve; about
     ``rows`` of ``classes`` classes, which sets the histograms' resolution): the duplicates, then (a flat
     folder) the ``round(n * carve_fraction)`` kept train images per class with the smallest (tkey, id) as test,
     then the ``round(n * val_fraction)`` with the smallest (key, id) as val."""
-    from pyspark.sql import functions as F
-
-    # One query: the counts per split and class, and the train keys' histogram.
+    reads = scan if isinstance(scan, Scan) else FrameScan(scan)
+    # The counts per split and class, and the train keys' histogram, from one query.
     shift = bucket_shift(rows // max(classes, 1), classes)
-    train = F.col("src") == "train"
     by_split: dict[str, dict[int, int]] = {"train": {}, "test": {}}
     hist = Histogram(shift)
-    counts = scan.groupBy("src", "label", F.when(train, bucket("key", shift)).alias("bucket")).count()
-    for row in counts.collect():
-        by_split[row.src][row.label] = by_split[row.src].get(row.label, 0) + row["count"]
-        if row.src == "train":
-            hist.add(row.label, row.bucket, row["count"])
+    for src, label, cell, n in reads.counts(shift):
+        by_split[src][label] = by_split[src].get(label, 0) + n
+        if cell is not None:  # train
+            hist.add(label, cell, n)
     train_kept, test = by_split["train"], by_split["test"]
 
-    repeated = repeated_rows(scan, ["id", "src", "label", "hash", "key"])
+    repeated = reads.repeated()
     reasons = decide(repeated)
     dups = dict.fromkeys(REASONS.values(), 0)
     dropped: dict[str, list[int]] = defaultdict(list)
-    gone: list[tuple[str]] = []  # the dropped rows' ids, for the queries below
+    gone: list[str] = []  # the dropped rows' ids, left out of the pool below
     for row in repeated:
         reason = reasons.get(row.id)
         if reason is not None:
@@ -189,24 +255,23 @@ def plan_split(
             hist.add(row.label, row.key >> shift, -1)
             member, index = parse_id(row.id)
             dropped[member].append(index)
-            gone.append((row.id,))
+            gone.append(row.id)
     train_kept = {c: n for c, n in train_kept.items() if n > 0}
     if not train_kept:
         raise InputError("no train images are left after removing duplicates", "check the archive")
 
-    pool = scan.filter(train)
-    if gone:
-        pool = pool.join(F.broadcast(scan.sparkSession.createDataFrame(gone, "id string")), "id", "left_anti")
+    reads = reads.without(gone)
     carve = None
     if carve_fraction is not None:
+        assert isinstance(reads, FrameScan), "a carve needs its tkey column"
         carved = {c: val_count(n, carve_fraction) for c, n in train_kept.items()}
-        carve = smallest(pool, "tkey", histogram(pool, "tkey", shift), carved)
+        carve = smallest(reads, "tkey", reads.histogram("tkey", shift), carved)
         for c, n in carved.items():
             train_kept[c] -= n
             test[c] = test.get(c, 0) + n
         if carve.keys:
-            pool = pool.filter(~below(carve, "tkey"))
-            hist = histogram(pool, "key", shift)
+            reads = reads.carved(carve)
+            hist = reads.histogram("key", shift)
     val = {c: val_count(n, val_fraction) for c, n in train_kept.items()}
     dropped_ids = {m: np.array(sorted(v), dtype=np.int64) for m, v in dropped.items()}
-    return SplitPlan(train_kept, test, dups, smallest(pool, "key", hist, val), dropped_ids, carve)
+    return SplitPlan(train_kept, test, dups, smallest(reads, "key", hist, val), dropped_ids, carve)

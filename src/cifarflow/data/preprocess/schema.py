@@ -1,9 +1,9 @@
-"""The Arrow schemas of what tasks return to the driver (Spark's types are derived from them, so the two
-sides cannot drift), and the Arrow form of a dataset shard."""
+"""What tasks return to the driver: pass 1's scan rows as an Arrow schema (Spark's types are derived from it,
+so the two sides cannot drift), pass 2's shard records; and the Arrow form of a dataset shard."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,23 +22,17 @@ SCAN_ARROW = pa.schema(
 )
 
 
-def _longs() -> pa.DataType:
-    return pa.list_(pa.field("element", pa.int64(), nullable=False))
+class ShardRow(NamedTuple):
+    """What a pass-2 task returns for each shard it wrote."""
 
-
-# Pass 2's rows: one per shard written.
-SHARD_ARROW = pa.schema(
-    [
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("rows", pa.int64(), nullable=False),
-        pa.field("bytes", pa.int64(), nullable=False),
-        pa.field("sha256", pa.string(), nullable=False),
-        pa.field("counts", _longs(), nullable=False),
-        pa.field("sums", _longs(), nullable=False),
-        pa.field("squares", _longs(), nullable=False),
-    ]
-)
+    split: str
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+    counts: list[int]  # images per class
+    sums: list[int]  # exact per-channel pixel sums (train shards; zeros otherwise)
+    squares: list[int]
 
 
 def spark_schema(schema: pa.Schema) -> Any:

@@ -21,7 +21,7 @@ from cifarflow.data import manifest as mf
 from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, Layout, chw_to_hwc, row_ids
 from cifarflow.data.preprocess.keys import HASH_BYTES, Cutoffs, channel_moments, content_hashes, split_keys
 from cifarflow.data.preprocess.ranges import InputRange, check_hashes, read_hashes, read_range
-from cifarflow.data.preprocess.schema import SCAN_ARROW, SHARD_ARROW, shard_table
+from cifarflow.data.preprocess.schema import SCAN_ARROW, ShardRow, shard_table
 from cifarflow.errors import CifarflowError, marked
 from cifarflow.storage import Store
 
@@ -126,20 +126,36 @@ def freeze_worker_heap() -> None:
         gc.freeze()
 
 
-def guarded(body: Callable[..., Iterator[pa.RecordBatch]]) -> Callable[..., Iterator[pa.RecordBatch]]:
-    """Run ``body`` for each range number in the task's input; carry cifarflow errors through Spark."""
+def over_ranges(body: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """A task from ``body(ctx, parts, **kwargs)``, which gets all the task's ranges at once (to aggregate over
+    them). Its input is range numbers: Arrow batches of them (``mapInArrow``) or plain ints (an RDD's
+    ``mapPartitions``). cifarflow errors are carried through Spark."""
 
     @functools.wraps(body)
-    def task(batches: Iterator[pa.RecordBatch], ctx: TaskContext, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    def task(numbers: Iterator[Any], ctx: TaskContext, **kwargs: Any) -> Iterator[Any]:
+        parts = (ctx.ranges[index] for item in numbers for index in _numbers(item))
         try:
-            for batch in batches:
-                for index in batch.column(0).to_pylist():
-                    yield from body(ctx, ctx.ranges[index], **kwargs)
+            yield from body(ctx, parts, **kwargs)
         except CifarflowError as exc:
             raise RuntimeError(marked(exc)) from None
         freeze_worker_heap()
 
     return task
+
+
+def _numbers(item: pa.RecordBatch | int) -> list[int]:
+    return item.column(0).to_pylist() if isinstance(item, pa.RecordBatch) else [item]
+
+
+def guarded(body: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """A task (:func:`over_ranges`) that runs ``body(ctx, part, **kwargs)`` for each range in its input."""
+
+    @functools.wraps(body)
+    def each(ctx: TaskContext, parts: Iterator[Any], **kwargs: Any) -> Iterator[Any]:
+        for part in parts:
+            yield from body(ctx, part, **kwargs)
+
+    return over_ranges(each)
 
 
 def hash_column(hashes: np.ndarray) -> pa.Array:
@@ -206,7 +222,7 @@ def assign(
 
 def _write_task(
     ctx: TaskContext, part: Any, *, dataset: str, dropped: Any, cutoffs: Cutoffs, carve: Cutoffs | None = None
-) -> Iterator[pa.RecordBatch]:
+) -> Iterator[ShardRow]:
     rows = read_rows(ctx, part)
     keep = np.ones(len(rows), dtype=bool)
     gone = dropped.value.get(part.member)
@@ -223,21 +239,7 @@ def _write_task(
             entry = mf.write_shard(ctx.store, dataset, relpath, table)
             sums, squares = channel_moments(images) if name == "train" else ([0, 0, 0], [0, 0, 0])
             counts = np.bincount(labels, minlength=ctx.num_classes).tolist()
-            yield pa.RecordBatch.from_pylist(
-                [
-                    {
-                        "split": name,
-                        "path": relpath,
-                        "rows": entry.rows,
-                        "bytes": entry.bytes,
-                        "sha256": entry.sha256,
-                        "counts": counts,
-                        "sums": sums,
-                        "squares": squares,
-                    }
-                ],
-                schema=SHARD_ARROW,
-            )
+            yield ShardRow(name, relpath, entry.rows, entry.bytes, entry.sha256, counts, sums, squares)
 
 
 write_task = guarded(_write_task)

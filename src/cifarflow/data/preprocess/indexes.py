@@ -1,0 +1,167 @@
+"""Pass 1 over ingest's content indexes: what :func:`~.plan.plan_split` asks of the scan, answered by Python
+tasks that aggregate before anything leaves them.
+
+Read as DataFrame rows, the indexes cost the JVM more than the tasks do (600k rows at 10x: ~5 CPU-s to
+convert, hash and shuffle; a query over them ~1-2 s on a cold JVM, an RDD job ~0.1 s). So these are RDD jobs
+whose tasks read their ranges' records (17 bytes an image) and return only what the decision needs:
+
+- **counts**: per task, images per (class, key bucket) of train and per class of test in dense arrays (at
+  most :data:`~.plan.MAX_HISTOGRAM` cells), summed in a tree on the executors;
+- **repeated keys**: per range, its keys packed into one bytes object per key group; the groups are shuffled
+  (a few records, not one per image) and a reducer sorts each group's keys and keeps the repeated;
+- **rows** of the repeated keys, and of the one key bucket per class that holds its val cut-off.
+
+Every answer is the one :class:`~.plan.FrameScan` gives over the same rows (a test runs both).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from cifarflow.data.cifar import row_ids
+from cifarflow.data.preprocess.keys import split_keys
+from cifarflow.data.preprocess.plan import Scan
+from cifarflow.data.preprocess.ranges import read_hashes
+from cifarflow.data.preprocess.tasks import TaskContext, guarded, over_ranges, pause
+
+if TYPE_CHECKING:
+    from pyspark import RDD
+    from pyspark.sql import SparkSession
+
+
+class ScanRow(NamedTuple):
+    """One image's scan columns (:data:`~.schema.SCAN_ARROW`)."""
+
+    id: str
+    src: str
+    label: int
+    hash: bytes
+    key: int
+
+
+def records(ctx: TaskContext, part: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A range's (labels, (n, 16) hashes, split keys) from its content index."""
+    pause(ctx)
+    labels, hashes = read_hashes(ctx.store, part)
+    return labels, hashes, split_keys(hashes, ctx.seed)
+
+
+def ids(part: Any, mask: np.ndarray) -> list[str]:
+    return row_ids(part.member, part.first_index + np.flatnonzero(mask)).to_pylist()
+
+
+@over_ranges
+def count_task(
+    ctx: TaskContext, parts: Iterator[Any], *, shift: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Train images per (class, key bucket) and test images per class, over all the task's ranges."""
+    width = 1 << (64 - shift)  # buckets: key >> shift lies in [-width/2, width/2)
+    train = np.zeros(ctx.num_classes * width, dtype=np.int64)
+    test = np.zeros(ctx.num_classes, dtype=np.int64)
+    for part in parts:
+        labels, _, keys = records(ctx, part)
+        if part.split == "test":
+            test += np.bincount(labels, minlength=ctx.num_classes)
+        else:
+            slots = labels.astype(np.int64) * width + (keys >> shift) + width // 2
+            train += np.bincount(slots, minlength=train.size)
+    yield train, test
+
+
+def add(
+    one: tuple[np.ndarray, np.ndarray], two: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    return one[0] + two[0], one[1] + two[1]
+
+
+@guarded
+def key_task(ctx: TaskContext, part: Any, *, groups: int) -> Iterator[tuple[int, bytes]]:
+    """The range's keys, packed per group (equal keys share a group)."""
+    _, _, keys = records(ctx, part)
+    group = keys.view(np.uint64) % np.uint64(groups)
+    for g in range(groups):
+        yield g, keys[group == g].tobytes()
+
+
+def repeated_in(pairs: Iterable[tuple[int, bytes]]) -> Iterator[int]:
+    """A reducer: the keys that occur more than once among all the packed keys of its partition."""
+    keys = np.sort(np.frombuffer(b"".join(blob for _, blob in pairs), dtype=np.int64))
+    yield from np.unique(keys[1:][keys[1:] == keys[:-1]]).tolist()
+
+
+@guarded
+def repeated_task(ctx: TaskContext, part: Any, *, keys: Any) -> Iterator[ScanRow]:
+    """The scan rows of the range's images whose key is in ``keys``."""
+    labels, hashes, all_keys = records(ctx, part)
+    mask = np.isin(all_keys, keys.value)
+    for row_id, label, digest, key in zip(
+        ids(part, mask), labels[mask].tolist(), hashes[mask], all_keys[mask].tolist(), strict=True
+    ):
+        yield ScanRow(row_id, part.split, label, digest.tobytes(), key)
+
+
+@guarded
+def bucket_task(
+    ctx: TaskContext, part: Any, *, shift: int, targets: dict[int, int]
+) -> Iterator[tuple[int, int, str]]:
+    """The train rows (label, key, id) in their class's target bucket."""
+    if part.split == "test":
+        return
+    labels, _, keys = records(ctx, part)
+    # A class without a target gets int64's minimum, which no key >> shift (shift >= 1) reaches.
+    wanted = np.full(ctx.num_classes, np.iinfo(np.int64).min, dtype=np.int64)
+    for label, bucket in targets.items():
+        wanted[label] = bucket
+    mask = (keys >> shift) == wanted[labels]
+    yield from zip(labels[mask].tolist(), keys[mask].tolist(), ids(part, mask), strict=True)
+
+
+class IndexScan(Scan):
+    """:class:`~.plan.Scan` over CIFAR ranges that all have a content index: one task per core reads many
+    ranges (an index read is small; a task's fixed cost is ~0.1 s)."""
+
+    def __init__(self, spark: SparkSession, ctx: TaskContext) -> None:
+        self.context, self.ctx = spark.sparkContext, ctx
+        self.cores = max(1, min(len(ctx.ranges), self.context.defaultParallelism))
+        self.numbers = self.context.parallelize(range(len(ctx.ranges)), self.cores)
+        self.gone: frozenset[str] = frozenset()
+
+    def _map(self, task: Any, **kwargs: Any) -> RDD[Any]:
+        return self.numbers.mapPartitions(functools.partial(task, ctx=self.ctx, **kwargs))
+
+    def counts(self, shift: int) -> list[tuple[str, int, int | None, int]]:
+        train, test = self._map(count_task, shift=shift).treeReduce(add)
+        width = 1 << (64 - shift)
+        cells = np.flatnonzero(train)
+        found: list[tuple[str, int, int | None, int]] = [
+            ("train", c // width, c % width - width // 2, n)
+            for c, n in zip(cells.tolist(), train[cells].tolist(), strict=True)
+        ]
+        return found + [("test", c, None, int(test[c])) for c in np.flatnonzero(test).tolist()]
+
+    def repeated(self) -> list[Any]:
+        groups = self.cores
+        packed = self._map(key_task, groups=groups).partitionBy(groups, lambda group: group)
+        found = packed.mapPartitions(repeated_in).collect()
+        if not found:
+            return []
+        wanted = self.context.broadcast(np.array(sorted(found), dtype=np.int64))
+        try:
+            return self._map(repeated_task, keys=wanted).collect()
+        finally:
+            wanted.destroy(blocking=True)
+
+    def without(self, gone: list[str]) -> IndexScan:
+        other = copy.copy(self)
+        other.gone = frozenset(gone)
+        return other
+
+    def bucket_rows(self, key: str, shift: int, targets: dict[int, int]) -> list[tuple[int, int, str]]:
+        assert key == "key", "content indexes hold the split key only"
+        rows = self._map(bucket_task, shift=shift, targets=targets).collect()
+        return [row for row in rows if row[2] not in self.gone]
