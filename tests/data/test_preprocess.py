@@ -456,6 +456,46 @@ def test_the_plan_matches_the_rules_on_random_rows(
     assert {c: (got_carve.keys[c], got_carve.ids[c]) for c in got_carve.keys} == carve
 
 
+@pytest.mark.parametrize("seed", [0, 11])
+def test_content_indexes_give_the_plan_the_rules_give(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Pass 1 over content indexes (counts, packed keys and bucket rows computed in the tasks), on random
+    records with duplicates within and across members, leaks and test duplicates, two ranges a member and
+    buckets of a few rows: what sorting every class gives, and what Spark SQL over the same rows gives."""
+    from cifarflow.data.preprocess import plan as planmod
+    from cifarflow.data.preprocess.indexes import IndexScan
+
+    monkeypatch.setattr(planmod, "BUCKET_ROWS", 4)
+    rng = np.random.default_rng(seed)
+    contents = rng.integers(0, 256, size=(400, content_index.HASH_BYTES), dtype=np.uint8)
+    parts, rows = [], []
+    for member, split in [("data_batch_1", "train"), ("data_batch_2", "train"), ("test_batch", "test")]:
+        picks = rng.integers(0, len(contents), size=160)
+        labels, hashes = (picks % 3).astype(np.uint8), contents[picks]
+        path = tmp_path / member
+        path.write_bytes(np.concatenate([labels[:, None], hashes], axis=1).tobytes())
+        for first in (0, 80):
+            parts.append(
+                pre.InputRange(len(parts), member, "unused", split, 0, 0, first, rows=80, hashes_url=str(path))
+            )
+        keys = pre.split_keys(hashes, seed).tolist()
+        ids = row_ids(member, np.arange(len(picks))).to_pylist()
+        rows += [(ids[i], split, int(labels[i]), hashes[i].tobytes(), keys[i]) for i in range(len(picks))]
+    ctx = tasks.TaskContext(tuple(parts), seed, Store(), 3, "cifar10-binary")
+
+    plan = pre.plan_split(IndexScan(spark, ctx), 0.3, len(rows), 3)
+    in_sql = pre.plan_split(spark.createDataFrame(rows, pre.spark_schema(pre.SCAN_ARROW)), 0.3, len(rows), 3)
+    reasons, val, _, kept = reference_plan(rows, 0.3, None)
+    assert min(reasons.values()) > 0  # every kind of duplicate occurs
+    assert plan.duplicates == in_sql.duplicates == reasons
+    assert plan.train_kept == in_sql.train_kept and sum(plan.train_kept.values()) == kept
+    assert plan.test == in_sql.test
+    assert {c: (plan.cutoffs.keys[c], plan.cutoffs.ids[c]) for c in plan.cutoffs.keys} == val
+    assert plan.cutoffs == in_sql.cutoffs
+    assert {m: v.tolist() for m, v in plan.dropped.items()} == {m: v.tolist() for m, v in in_sql.dropped.items()}
+
+
 def test_tasks_start_with_the_largest_range(spark: Any) -> None:
     """Spark starts partitions in order: a big pickle first runs beside the small ones, not alone at the end."""
     files = [*members("python", [10, 50, 10]), *members("python", [80], split="test")]
