@@ -106,7 +106,7 @@ def floor(args: argparse.Namespace) -> None:
     labels: list[int] = []
     pixels: list[bytes] = []
     images = 0
-    with pq.ParquetWriter(args.out, mf.SCHEMA, compression="zstd", compression_level=1) as writer:
+    with pq.ParquetWriter(args.out, mf.SCHEMA, **mf.WRITER_OPTIONS) as writer:
 
         def flush() -> None:
             clock = time.perf_counter()

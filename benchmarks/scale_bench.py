@@ -76,7 +76,7 @@ def floor(source: str, out: str, malloc: str = "kept") -> None:
     sums, squares, images = np.zeros(3, np.int64), np.zeros(3, np.int64), 0
     with (
         tarfile.open(source, "r|gz") as tar,
-        pq.ParquetWriter(out, schema, compression="zstd", compression_level=1) as writer,
+        pq.ParquetWriter(out, schema, **mf.WRITER_OPTIONS) as writer,
     ):
         for member in tar:
             name = Path(member.name).name

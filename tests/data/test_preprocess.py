@@ -298,6 +298,25 @@ def test_cutoffs_compare_key_then_id() -> None:
     ]  # fmt: skip
 
 
+def test_planes_become_interleaved_pixels_for_all_rows_or_some() -> None:
+    """``chw_to_hwc`` is numpy's transpose, whole or of the rows at ``take`` (any order, repeats, across the
+    blocks it works in), and ``hwc_to_chw`` undoes it."""
+    from cifarflow.data.cifar import chw_to_hwc
+
+    rng = np.random.default_rng(3)
+    planes = rng.integers(0, 256, size=(700, IMAGE_BYTES), dtype=np.uint8)
+    want = planes.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(-1, IMAGE_BYTES)
+    assert np.array_equal(chw_to_hwc(planes), want)
+    assert np.array_equal(hwc_to_chw(chw_to_hwc(planes)), planes)
+    for take in (
+        rng.permutation(700)[:613],
+        np.array([5, 5, 699, 0]),
+        np.arange(0),
+        np.flatnonzero(rng.random(700) < 0.9),
+    ):
+        assert np.array_equal(chw_to_hwc(planes, take), want[take])
+
+
 def test_row_ids_are_member_and_zero_padded_record() -> None:
     positions = np.array([0, 7, 12345, 9_999_999])
     assert row_ids("data_batch_1", positions).to_pylist() == [f"data_batch_1:{p:07d}" for p in positions]
@@ -477,7 +496,9 @@ def test_content_indexes_give_the_plan_the_rules_give(
         path.write_bytes(np.concatenate([labels[:, None], hashes], axis=1).tobytes())
         for first in (0, 80):
             parts.append(
-                pre.InputRange(len(parts), member, "unused", split, 0, 0, first, rows=80, hashes_url=str(path))
+                pre.InputRange(
+                    len(parts), member, "unused", split, 0, 0, first, rows=80, hashes_url=str(path)
+                )
             )
         keys = pre.split_keys(hashes, seed).tolist()
         ids = row_ids(member, np.arange(len(picks))).to_pylist()
@@ -493,7 +514,9 @@ def test_content_indexes_give_the_plan_the_rules_give(
     assert plan.test == in_sql.test
     assert {c: (plan.cutoffs.keys[c], plan.cutoffs.ids[c]) for c in plan.cutoffs.keys} == val
     assert plan.cutoffs == in_sql.cutoffs
-    assert {m: v.tolist() for m, v in plan.dropped.items()} == {m: v.tolist() for m, v in in_sql.dropped.items()}
+    assert {m: v.tolist() for m, v in plan.dropped.items()} == {
+        m: v.tolist() for m, v in in_sql.dropped.items()
+    }
 
 
 def test_tasks_start_with_the_largest_range(spark: Any) -> None:

@@ -249,15 +249,27 @@ def row_ids(member: str, positions: np.ndarray) -> pa.StringArray:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
-def chw_to_hwc(rows: np.ndarray) -> np.ndarray:
-    """CIFAR rows hold the R, G and B planes one after the other; models want pixels interleaved. One
-    strided copy per plane: 2.4x faster than numpy's copy of the 4-d transpose, whose inner loop is 3 long."""
-    n = rows.shape[0]
-    planes = rows.reshape(n, CHANNELS, HEIGHT * WIDTH)
+def chw_to_hwc(rows: np.ndarray, take: np.ndarray | None = None) -> np.ndarray:
+    """CIFAR rows hold the R, G and B planes one after the other; models want pixels interleaved. ``take``:
+    only the rows at these positions, gathered in the same pass. Built :data:`_HWC_BLOCK` images at a time
+    with one strided copy per plane (2.4x faster than numpy's copy of the 4-d transpose, whose inner loop is 3
+    long): a gathered block is still in cache when it is interleaved (1.3-2x faster than gathering all the
+    rows first)."""
+    n = rows.shape[0] if take is None else len(take)
+    planes = rows.reshape(rows.shape[0], CHANNELS, HEIGHT * WIDTH)
     out = np.empty((n, HEIGHT * WIDTH, CHANNELS), dtype=rows.dtype)
-    for channel in range(CHANNELS):
-        out[:, :, channel] = planes[:, channel, :]
+    for start in range(0, n, _HWC_BLOCK):
+        block = (
+            planes[start : start + _HWC_BLOCK] if take is None else planes[take[start : start + _HWC_BLOCK]]
+        )
+        dest = out[start : start + _HWC_BLOCK]
+        for channel in range(CHANNELS):
+            dest[:, :, channel] = block[:, channel, :]
     return out.reshape(n, IMAGE_BYTES)
+
+
+# Images per block of chw_to_hwc: 256 gathered CIFAR images are 0.8 MB, well inside a core's cache.
+_HWC_BLOCK = 256
 
 
 def hwc_to_chw(rows: np.ndarray) -> np.ndarray:

@@ -132,18 +132,20 @@ def dataset_id(source_checksum: str, parameters: dict[str, Any]) -> str:
     return "ds-" + sha256(key.encode())[:16]
 
 
+# How shards are written (the scale benchmark's floor writes with the same): images barely compress, so the
+# writer is kept cheap; only the label column gets a dictionary and statistics.
+WRITER_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "use_dictionary": ["label"],
+    "write_statistics": ["label"],
+}
+
+
 def table_bytes(table: pa.Table) -> bytes:
     """Serialise a shard deterministically (same rows => same bytes, so retried tasks write identical files)."""
     sink = io.BytesIO()
-    pq.write_table(
-        table.cast(SCHEMA),
-        sink,
-        row_group_size=ROW_GROUP_ROWS,
-        compression="zstd",
-        compression_level=1,  # images barely compress; keep the writer cheap
-        use_dictionary=["label"],
-        write_statistics=["label"],
-    )
+    pq.write_table(table.cast(SCHEMA), sink, row_group_size=ROW_GROUP_ROWS, **WRITER_OPTIONS)
     return sink.getvalue()
 
 

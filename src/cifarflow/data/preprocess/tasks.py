@@ -67,7 +67,8 @@ class Rows:
     # (n, bytes) uint8: what each image's content hash covers, the pixels as the source holds them (CIFAR:
     # the CHW planes, so that pass 1 never reorders them; image folders: the decoded HWC pixels).
     content: np.ndarray
-    to_images: Callable[[np.ndarray], np.ndarray] | None = None  # content -> HWC; None: content is HWC
+    # (content, positions or None for all) -> HWC images; None: the content is HWC
+    to_images: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -80,7 +81,15 @@ class Rows:
     @functools.cached_property
     def images(self) -> np.ndarray:
         """(n, image bytes) uint8, HWC: what the shards hold."""
-        return self.content if self.to_images is None else self.to_images(self.content)
+        return self.content if self.to_images is None else self.to_images(self.content, None)
+
+    def images_at(self, take: np.ndarray) -> np.ndarray:
+        """The HWC images of the rows at ``take`` (CIFAR: gathered and interleaved in one pass)."""
+        return self.content[take] if self.to_images is None else self.to_images(self.content, take)
+
+    @property
+    def image_bytes(self) -> int:
+        return int(self.content.shape[1]) if self.content.ndim > 1 else IMAGE_BYTES
 
 
 def cifar_rows(ctx: TaskContext, part: InputRange) -> Rows:
@@ -228,12 +237,12 @@ def _write_task(
     gone = dropped.value.get(part.member)
     if gone is not None:
         keep &= ~np.isin(rows.positions, gone)
-    per_shard = shard_rows(rows.images.shape[1] if len(rows) else IMAGE_BYTES)
+    per_shard = shard_rows(rows.image_bytes if len(rows) else IMAGE_BYTES)
     for name, mask in assign(ctx, rows, keep, cutoffs, carve).items():
         chosen = np.flatnonzero(mask)
         for chunk, start in enumerate(range(0, len(chosen), per_shard)):
             take = chosen[start : start + per_shard]
-            images, labels = rows.images[take], rows.labels[take]
+            images, labels = rows.images_at(take), rows.labels[take]
             relpath = f"{name}/part-{part.index:05d}-{chunk:03d}.parquet"
             table = shard_table(rows.ids.take(take), labels, images)
             entry = mf.write_shard(ctx.store, dataset, relpath, table)
