@@ -285,10 +285,9 @@ if os.environ.get("PYTHON_WORKER_FACTORY_SECRET") and os.environ.get("CIFARFLOW_
 
     _patch(images, "decode", "decode")
     _patch(keys, "content_hashes", "blake2b of pixels")
-    _patch(manifest, "table_bytes", "parquet encode")
+    _patch(manifest, "write_table", "parquet encode, sha256, write file")
     _patch(hashlib, "sha256", "sha256")
     _patch(Store, "read_bytes", "read file")
-    _patch(Store, "write_bytes", "write file")
     folders.image_scan_task = _timed_iter("pass 1 task", folders.image_scan_task)
     tasks._write_task = _timed_iter("pass 2 task", tasks._write_task)
 """

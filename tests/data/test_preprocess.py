@@ -350,6 +350,24 @@ def test_image_column_is_zero_copy_and_round_trips() -> None:
     assert mf.table_bytes(table) == mf.table_bytes(pa.Table.from_pylist(table.to_pylist(), schema=mf.SCHEMA))
 
 
+def test_a_shard_is_hashed_as_it_is_written(tmp_path: Path) -> None:
+    """``write_shard`` streams the writer's output to the file and hashes it on the way: the file, its size and
+    sha256 are those of the shard's bytes, and a writer that fails leaves no file behind."""
+    rng = np.random.default_rng(4)
+    table = pre.shard_table(
+        row_ids("m", np.arange(3000)),
+        np.arange(3000, dtype=np.int32) % 10,
+        rng.integers(0, 256, (3000, 99), np.uint8),
+    )
+    entry = mf.write_shard(Store(), str(tmp_path), "train/part-00000-000.parquet", table)
+    data = (tmp_path / "train" / "part-00000-000.parquet").read_bytes()
+    assert data == mf.table_bytes(table)
+    assert (entry.rows, entry.bytes, entry.sha256) == (3000, len(data), hashlib.sha256(data).hexdigest())
+    with pytest.raises(ValueError, match="field names"):  # raised inside the write, its file already open
+        mf.write_shard(Store(), str(tmp_path), "train/part-00001-000.parquet", table.drop_columns(["image"]))
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["part-00000-000.parquet"]
+
+
 # -- the split plan in Spark, on hand-made rows --------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import posixpath
-from typing import Any, Final, Literal, TypeVar
+from typing import IO, Any, Final, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -142,18 +142,42 @@ WRITER_OPTIONS: dict[str, Any] = {
 }
 
 
-def table_bytes(table: pa.Table) -> bytes:
+def write_table(table: pa.Table, sink: Any) -> None:
     """Serialise a shard deterministically (same rows => same bytes, so retried tasks write identical files)."""
-    sink = io.BytesIO()
     pq.write_table(table.cast(SCHEMA), sink, row_group_size=ROW_GROUP_ROWS, **WRITER_OPTIONS)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """A shard's bytes (:func:`write_table`)."""
+    sink = io.BytesIO()
+    write_table(table, sink)
     return sink.getvalue()
+
+
+class _Hashing(io.RawIOBase):
+    """A write-only file that passes what is written on to ``handle``, hashing it on the way (while it is
+    still in cache: no second pass over a shard, and no copy of it in memory)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.handle.write(data)
+        size = memoryview(data).nbytes
+        self.size += size
+        return size
 
 
 def write_shard(store: Store, dataset: str, relpath: str, table: pa.Table) -> FileEntry:
     """Write one shard atomically and describe it for the manifest."""
-    data = table_bytes(table)
-    store.write_bytes(join(dataset, relpath), data)
-    return FileEntry(path=relpath, rows=table.num_rows, bytes=len(data), sha256=sha256(data))
+    with store.write_atomic(join(dataset, relpath)) as handle:
+        sink = _Hashing(handle)
+        write_table(table, sink)
+    return FileEntry(path=relpath, rows=table.num_rows, bytes=sink.size, sha256=sink.digest.hexdigest())
 
 
 def commit(store: Store, dataset: str, manifest: Manifest, stats: Stats) -> str:
