@@ -46,7 +46,10 @@ class LandedMember(_Model):
     path: str  # path under the folder (relative to the layout's root)
     split: MemberRole  # the marker's field name: kept, so existing markers still read
     bytes: int
-    sha256: str
+    # The file's own sha256: meta files, and data members landed before content indexes. A data member's index
+    # (``hashes``) covers every byte the dataset takes from it, image by image, and preprocess checks each image
+    # against it, so hashing the whole member as well (~1 CPU-s a GB) would guard nothing more.
+    sha256: str | None = None
     rows: int = 0  # images (0 for meta)
     hashes: str | None = None  # sha256 of its content index (data members); None: landed without one
 

@@ -74,13 +74,12 @@ def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMe
     elif entry.role != "meta":
         batch = cifar.decode_python(data, layout, entry.shown)
         rows, index = len(batch), content_index.encode(batch)
-    digest = hashlib.sha256(data).hexdigest()
     member = LandedMember(
         name=entry.info.name,
         path=entry.rel,
         split=entry.role,
         bytes=len(data),
-        sha256=digest,
+        sha256=hashlib.sha256(data).hexdigest() if index is None else None,  # a data member: its index covers it
         rows=rows,
         hashes=hashlib.sha256(index).hexdigest() if index is not None else None,
     )
@@ -91,7 +90,6 @@ def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMe
 def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: str) -> LandedMember:
     """Binary batches: validate chunk by chunk into a local spool, then one upload (memory: one chunk)."""
     size = layout.record_bytes
-    sha = hashlib.sha256()
     rows = total = 0
     index: list[bytes] = []  # 17 bytes an image: 8.5 MB for a 500k-image member
     buffer = memoryview(bytearray(size * RECORDS_PER_CHUNK))  # whole records; reused for every chunk
@@ -100,7 +98,6 @@ def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: s
     with translate("file://" + spool), open(spool, "wb") as out:  # TMPDIR full: one line, not OSError
         while not tail and (n := entry.data.fill(buffer)):
             chunk = buffer[:n]
-            sha.update(chunk)
             out.write(chunk)
             total += n
             whole = n - n % size
@@ -119,7 +116,6 @@ def land_records(landing: Landing, layout: cifar.Layout, entry: Entry, tmpdir: s
         path=entry.rel,
         split=entry.role,
         bytes=total,
-        sha256=sha.hexdigest(),
         rows=rows,
         hashes=hashlib.sha256(hashes).hexdigest(),
     )
