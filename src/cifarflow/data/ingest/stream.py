@@ -74,12 +74,15 @@ def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMe
     elif entry.role != "meta":
         batch = cifar.decode_python(data, layout, entry.shown)
         rows, index = len(batch), content_index.encode(batch)
+    whole_file = (
+        hashlib.sha256(data).hexdigest() if index is None else None
+    )  # data members: the index covers them
     member = LandedMember(
         name=entry.info.name,
         path=entry.rel,
         split=entry.role,
         bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest() if index is None else None,  # a data member: its index covers it
+        sha256=whole_file,
         rows=rows,
         hashes=hashlib.sha256(index).hexdigest() if index is not None else None,
     )
