@@ -262,7 +262,13 @@ def test_split_keys_depend_on_content_and_seed_only() -> None:
     images = rng.integers(0, 256, (50, IMAGE_BYTES), dtype=np.uint8)
     hashes = pre.content_hashes(images)
     assert hashes.shape == (50, 16)
-    assert bytes(hashes[3]) == xxhash.xxh3_128_digest(images[3].tobytes())
+    want = [xxhash.xxh3_128_digest(row.tobytes()) for row in images]
+    assert [bytes(h) for h in hashes] == want
+    # Any layout gives the same digests: a strided view, a list of arrays (image folders), no rows.
+    assert [bytes(h) for h in pre.content_hashes(images[::2])] == want[::2]
+    assert [bytes(h) for h in pre.content_hashes(images[:, ::-1].copy()[:, ::-1])] == want
+    assert [bytes(h) for h in pre.content_hashes(list(images.reshape(50, 32, 32, 3)))] == want
+    assert pre.content_hashes(images[:0]).shape == (0, 16)
     keys = pre.split_keys(hashes, 0)
     assert keys.dtype == np.int64 and len(set(keys.tolist())) == 50
     assert np.array_equal(keys[::-1], pre.split_keys(hashes[::-1], 0))  # per image, not per position

