@@ -29,10 +29,10 @@ _RECORD = np.dtype([("label", np.uint8), ("hash", np.uint8, (HASH_BYTES,))])
 def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """(n, 16) uint8 XXH3-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
     digest = xxhash.xxh3_128_digest
-    if isinstance(images, np.ndarray) and images.ndim == 2 and images.shape[1]:
+    if isinstance(images, np.ndarray) and images.ndim == 2 and images.size:
         # Slices of one flat view: no numpy object a row (2.2 against 4.2 ms per 10k CIFAR images).
         rows = np.ascontiguousarray(images)
-        flat, width = memoryview(rows).cast("B"), rows.shape[1]
+        flat, width = rows.data.cast("B"), rows.shape[1]
         digests = b"".join([digest(flat[start : start + width]) for start in range(0, flat.nbytes, width)])
     else:
         digests = b"".join(digest(np.ascontiguousarray(row).data) for row in images)
