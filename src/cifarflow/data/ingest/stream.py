@@ -74,9 +74,8 @@ def land_whole(landing: Landing, layout: cifar.Layout, entry: Entry) -> LandedMe
     elif entry.role != "meta":
         batch = cifar.decode_python(data, layout, entry.shown)
         rows, index = len(batch), content_index.encode(batch)
-    whole_file = (
-        hashlib.sha256(data).hexdigest() if index is None else None
-    )  # data members: the index covers them
+    # A data member's content index covers it (marker.LandedMember); meta files keep their own sha256.
+    whole_file = hashlib.sha256(data).hexdigest() if index is None else None
     member = LandedMember(
         name=entry.info.name,
         path=entry.rel,

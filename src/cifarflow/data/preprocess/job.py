@@ -4,7 +4,8 @@ Stages (docs/architecture.md draws them):
 
 1. **Plan** (driver): read the raw index that ingest committed and cut the input into input ranges: one per
    python batch file (a pickle cannot be read from the middle), record-aligned byte ranges of binary files
-   (:mod:`.ranges`). The ranges become a DataFrame of range numbers, one per partition.
+   (:mod:`.ranges`). Their numbers, the largest range first, are one partition each: an RDD, or a DataFrame
+   for the scans that Spark SQL reads.
 2. **Scan** (tasks): with the content index ingest landed beside each CIFAR member
    (:mod:`cifarflow.data.content_index`: a label and a hash, 17 bytes an image), tasks read it and answer
    pass 1's questions themselves (:mod:`.indexes`: counts, repeated keys, one key bucket's rows), so only

@@ -1,7 +1,8 @@
 """What runs on the executors: read a range, hash it (pass 1), split and write it (pass 2).
 
-Tasks take a :class:`TaskContext` (small, pickled into their closures) and one range number per input row; they
-return small Arrow rows only (:mod:`.schema`), never image bytes.
+Tasks take a :class:`TaskContext` (small, pickled into their closures) and range numbers (Arrow batches of
+them, or an RDD's ints); they return small results only (scan rows, one :class:`~.schema.ShardRow` a shard),
+never image bytes. Pass 1 over content indexes has its own tasks (:mod:`.indexes`).
 """
 
 from __future__ import annotations
