@@ -263,11 +263,15 @@ def plot(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     runs = results()
-    code = runs[-1]["src_tree"]  # the code as it is now: earlier trees are the before of its levers
-    latest = runs[-1]["commit"]
+    # The code as it is now (earlier trees are the before of its levers), or the src trees of the commits
+    # given (a change to comments only gives a new tree, not new figures).
+    trees = (
+        {r["src_tree"] for r in runs if r["commit"] in args.commit} if args.commit else {runs[-1]["src_tree"]}
+    )
+    latest = " = ".join(args.commit) if args.commit else runs[-1]["commit"]
     malloc = runs[-1]["floor"].get("malloc", "glibc")  # floors alike: the latest run's allocator setting
     best: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in (r for r in runs if r["src_tree"] == code and r["floor"].get("malloc", "glibc") == malloc):
+    for r in (r for r in runs if r["src_tree"] in trees and r["floor"].get("malloc", "glibc") == malloc):
         key = (r["format"], r["scale"])
         if key not in best or r["cifarflow"]["seconds"] < best[key]["cifarflow"]["seconds"]:
             best[key] = r
@@ -351,7 +355,8 @@ def main() -> None:
     p_floor.add_argument("--out", required=True)
     p_floor.add_argument("--malloc", default="kept", choices=["kept", "glibc"])
     sub.add_parser("table")
-    sub.add_parser("plot")
+    p_plot = sub.add_parser("plot")
+    p_plot.add_argument("--commit", action="append", default=[], help="plot the runs of these commits' code")
     args = parser.parse_args()
     if args.what == "run":
         args.scale = args.scale or [1, 10, 50]
