@@ -850,17 +850,24 @@ def test_the_fix_for_a_missing_raw_file_works(
     assert code == 0 and out[0].startswith("dataset: ds-"), out
 
 
-@pytest.mark.parametrize("damage", ["missing", "cut"])
+@pytest.mark.parametrize("damage", ["missing", "cut", "label"])
 def test_a_damaged_content_index_is_one_line(
     spark: Any, fresh_raw: str, tmp_path: Path, capsys: Any, damage: str
 ) -> None:
     raw_dir = Path(fresh_raw.removeprefix("file://"))
-    folder = json.loads((raw_dir / "_ingest.json").read_text())["folder"]
-    index = raw_dir / folder / content_index.path("data_batch_2")
+    marker = json.loads((raw_dir / "_ingest.json").read_text())
+    index = raw_dir / marker["folder"] / content_index.path("data_batch_2")
     if damage == "missing":
         index.unlink()
-    else:
+    elif damage == "cut":
         index.write_bytes(index.read_bytes()[:-1])
+    else:  # a label no class has, re-recorded in the marker: only the label check can tell
+        records = bytearray(index.read_bytes())
+        records[0] = 200
+        index.write_bytes(bytes(records))
+        entry = next(m for m in marker["members"] if m["path"] == "data_batch_2")
+        entry["hashes"] = hashlib.sha256(records).hexdigest()
+        (raw_dir / "_ingest.json").write_text(json.dumps(marker))
     code, _, err = run_cli(["preprocess", "--raw", fresh_raw, "--out", str(tmp_path / "ds")], capsys)
     needle = "is missing" if damage == "missing" else "does not match what ingest recorded"
     assert_one_error_line(code, err, content_index.path("data_batch_2"), needle)

@@ -26,7 +26,7 @@ import numpy as np
 from cifarflow.data.cifar import row_ids
 from cifarflow.data.preprocess.keys import split_keys
 from cifarflow.data.preprocess.plan import Scan
-from cifarflow.data.preprocess.ranges import read_hashes
+from cifarflow.data.preprocess.ranges import changed, read_hashes
 from cifarflow.data.preprocess.tasks import TaskContext, guarded, over_ranges, pause
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ def records(ctx: TaskContext, part: Any) -> tuple[np.ndarray, np.ndarray, np.nda
     """A range's (labels, (n, 16) hashes, split keys) from its content index."""
     pause(ctx)
     labels, hashes = read_hashes(ctx.store, part)
+    if labels.size and int(labels.max()) >= ctx.num_classes:  # ingest wrote valid labels only: not its index
+        raise changed(part.hashes_url)
     return labels, hashes, split_keys(hashes, ctx.seed)
 
 
