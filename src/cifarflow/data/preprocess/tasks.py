@@ -68,8 +68,8 @@ class Rows:
     # (n, bytes) uint8: what each image's content hash covers, the pixels as the source holds them (CIFAR:
     # the CHW planes, so that pass 1 never reorders them; image folders: the decoded HWC pixels).
     content: np.ndarray
-    # (content, positions or None for all) -> HWC images; None: the content is HWC
-    to_images: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None
+    # (content, positions) -> those rows' HWC images; None: the content is HWC already
+    to_images: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -79,18 +79,15 @@ class Rows:
         """(n, 16) uint8 content hashes of :attr:`content`."""
         return content_hashes(self.content)
 
-    @functools.cached_property
-    def images(self) -> np.ndarray:
-        """(n, image bytes) uint8, HWC: what the shards hold."""
-        return self.content if self.to_images is None else self.to_images(self.content, None)
-
     def images_at(self, take: np.ndarray) -> np.ndarray:
-        """The HWC images of the rows at ``take`` (CIFAR: gathered and interleaved in one pass)."""
+        """(len(take), image bytes) uint8, HWC: what the shards hold, of the rows at ``take`` (CIFAR: gathered
+        and interleaved in one pass)."""
         return self.content[take] if self.to_images is None else self.to_images(self.content, take)
 
     @property
     def image_bytes(self) -> int:
-        return int(self.content.shape[1]) if self.content.ndim > 1 else IMAGE_BYTES
+        """Bytes an image (CIFAR's size when there are no rows)."""
+        return int(self.content.shape[1]) if len(self) else IMAGE_BYTES
 
 
 def cifar_rows(ctx: TaskContext, part: InputRange) -> Rows:
@@ -238,7 +235,7 @@ def _write_task(
     gone = dropped.value.get(part.member)
     if gone is not None:
         keep &= ~np.isin(rows.positions, gone)
-    per_shard = shard_rows(rows.image_bytes if len(rows) else IMAGE_BYTES)
+    per_shard = shard_rows(rows.image_bytes)
     for name, mask in assign(ctx, rows, keep, cutoffs, carve).items():
         chosen = np.flatnonzero(mask)
         for chunk, start in enumerate(range(0, len(chosen), per_shard)):
