@@ -304,6 +304,16 @@ def test_cutoffs_compare_key_then_id() -> None:
     ]  # fmt: skip
 
 
+def test_the_package_names_load_on_first_use() -> None:
+    """The lazy ``preprocess`` package exports what ``__all__`` lists, each from its module."""
+    from cifarflow.data.preprocess import _EXPORTS
+
+    assert set(_EXPORTS) == set(pre.__all__)
+    assert all(getattr(pre, name) is not None for name in pre.__all__)
+    with pytest.raises(AttributeError):
+        pre.not_a_name  # noqa: B018
+
+
 def test_planes_become_interleaved_pixels_for_all_rows_or_some() -> None:
     """``chw_to_hwc`` is numpy's transpose, whole or of the rows at ``take`` (any order, repeats, across the
     blocks it works in), and ``hwc_to_chw`` undoes it."""

@@ -53,6 +53,11 @@ def records(ctx: TaskContext, part: Any) -> tuple[np.ndarray, np.ndarray, np.nda
     return labels, hashes, split_keys(hashes, ctx.seed)
 
 
+def bucket_width(shift: int) -> int:
+    """How many buckets a class's keys fall in: ``key >> shift`` lies in [-width/2, width/2)."""
+    return 1 << (64 - shift)
+
+
 def ids(part: Any, mask: np.ndarray) -> list[str]:
     return row_ids(part.member, part.first_index + np.flatnonzero(mask)).to_pylist()
 
@@ -62,7 +67,7 @@ def count_task(
     ctx: TaskContext, parts: Iterator[Any], *, shift: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Train images per (class, key bucket) and test images per class, over all the task's ranges."""
-    width = 1 << (64 - shift)  # buckets: key >> shift lies in [-width/2, width/2)
+    width = bucket_width(shift)
     train = np.zeros(ctx.num_classes * width, dtype=np.int64)
     test = np.zeros(ctx.num_classes, dtype=np.int64)
     for part in parts:
@@ -138,7 +143,7 @@ class IndexScan(Scan):
 
     def counts(self, shift: int) -> list[tuple[str, int, int | None, int]]:
         train, test = self._map(count_task, shift=shift).treeReduce(add)
-        width = 1 << (64 - shift)
+        width = bucket_width(shift)
         cells = np.flatnonzero(train)
         found: list[tuple[str, int, int | None, int]] = [
             ("train", c // width, c % width - width // 2, n)
