@@ -1106,12 +1106,16 @@ def start_preprocess(raw: str, out: Path, *args: str, **env: str) -> subprocess.
 @pytest.mark.slow
 def test_the_command_is_quiet_and_a_task_error_is_its_last_line(planted: Any, tmp_path: Path) -> None:
     """A fresh process (its own JVM): stderr holds cifarflow's log lines and, on failure, the one error line —
-    no Spark banner, no log4j warnings, no Java or Python stack traces."""
+    no Spark banner, no log4j warnings, no Java or Python stack traces; and, ended or failed, no temporary file
+    left behind (the JVM is ended once its context has stopped: spark.ended_by_driver)."""
     _, _, raw = planted
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
 
     def preprocess(raw_url: str, out: Path) -> subprocess.CompletedProcess[str]:
-        proc = start_preprocess(raw_url, out)
+        proc = start_preprocess(raw_url, out, TMPDIR=str(scratch))
         stdout, stderr = proc.communicate(timeout=600)
+        assert list(scratch.iterdir()) == []
         return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
     ok = preprocess(raw, tmp_path / "ok")

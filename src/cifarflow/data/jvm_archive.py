@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 # In local mode one JVM is the driver and every executor, yet it only schedules tasks and shuffles a few MB of
 # small columns (images never enter it). A small starting heap, the serial collector and the quick (C1) JIT
 # keep it from competing with the Python workers for a laptop's cores and memory: on 2 cores they halve its
-# CPU time and take ~40% off its peak RSS (docs/benchmarks.md).
-LOCAL_JAVA_OPTIONS = "-Xms64m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+# CPU time and take ~40% off its peak RSS (docs/benchmarks.md). No perf-data file in /tmp/hsperfdata_<user>:
+# the JVM is ended by a kill once its context has stopped (cifarflow.data.spark.ended_by_driver).
+LOCAL_JAVA_OPTIONS = "-Xms64m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData"
 # The JVM's own log lines (class-data sharing's among them) go to stderr, through :class:`JvmStderr`, not to
 # the terminal's stdout.
 JVM_LOG_OPTIONS = "-Xlog:disable -Xlog:all=warning:stderr"

@@ -12,15 +12,20 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import IO, TYPE_CHECKING
 
@@ -135,7 +140,10 @@ def build(
     for key, value in DEFAULTS.items():
         spark_conf.setIfMissing(key, value)
     spark_conf.setIfMissing("spark.ui.enabled", str(ui_enabled(resolved)).lower())
+    for key, value in (conf or {}).items():
+        spark_conf.set(key, value)
     archive: ClassArchive | None = None
+    scratch: str | None = None
     if not submitted():
         # Only a JVM we start ourselves can take java options; log4j2 reads its file at start-up.
         quiet = "" if verbose() else f"-Dlog4j2.configurationFile=file:{log4j_config()}"
@@ -143,6 +151,10 @@ def build(
         if (resolved or "").startswith("local") and not spark_conf.contains("spark.driver.extraJavaOptions"):
             archive = ClassArchive.for_this_jvm()
             local = f"{LOCAL_JAVA_OPTIONS} {archive.options() if archive else JVM_LOG_OPTIONS}"
+            if ended_by_driver(spark_conf, archive):
+                scratch = tempfile.mkdtemp(prefix="cifarflow-spark-")
+                spark_conf.set("spark.local.dir", scratch)
+                local = f"{local} '-Djava.io.tmpdir={scratch}'"  # quoted: Spark splits the options as a shell does
         for key, options in (
             ("spark.driver.extraJavaOptions", f"{local} {quiet}"),
             ("spark.executor.extraJavaOptions", quiet),
@@ -152,12 +164,14 @@ def build(
     for name in SETTINGS_ENV:
         if os.environ.get(name):
             spark_conf.setIfMissing(f"spark.executorEnv.{name}", os.environ[name])
-    for key, value in (conf or {}).items():
-        spark_conf.set(key, value)
     log.debug("starting Spark (master %s)", resolved or "from spark-submit")
     if not submitted():
-        launch_jvm(spark_conf, archive)
-    spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
+        launch_jvm(spark_conf, archive, scratch)
+    try:
+        spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
+    except BaseException:
+        end_jvm()  # the context never started: nothing of ours is left running or on disk
+        raise
     jvm_quiet(False)
     spark.sparkContext.setLogLevel("INFO" if verbose() else "WARN")
     return spark
@@ -213,18 +227,40 @@ class JvmStderr:
         return text.split(": ", 1)[-1] if "Exception" in text.split(": ", 1)[0] else text
 
 
-# The filter of the one driver JVM this process started (a process has at most one).
-_jvm: list[JvmStderr] = []
+@dataclass
+class DriverJvm:
+    """The driver JVM this process started: its stderr's filter, and what :func:`stop` ends."""
+
+    stderr: JvmStderr
+    proc: subprocess.Popen[bytes] | None = None
+    scratch: str | None = None  # its java.io.tmpdir and spark.local.dir when stop() ends it (ended_by_driver)
+
+
+# The one driver JVM this process started (a process has at most one at a time).
+_jvm: list[DriverJvm] = []
 
 
 def jvm_quiet(quiet: bool) -> None:
-    for pump in _jvm:
-        pump.quiet.set() if quiet else pump.quiet.clear()
+    for driver in _jvm:
+        driver.stderr.quiet.set() if quiet else driver.stderr.quiet.clear()
 
 
-def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None) -> None:
+def ended_by_driver(conf: SparkConf, archive: ClassArchive | None) -> bool:
+    """Whether :func:`stop` ends the local JVM itself once the context has stopped: unless it is to write a
+    class-data-sharing archive as it exits, or the user chose where Spark keeps its files.
+
+    Java 17's exit waits 300 ms for threads blocked in native calls (py4j's sockets, the gateway's stdin
+    watch); a stopped context leaves nothing that needs the JVM's own exit but its temporary files, which
+    live in a folder of our own (java.io.tmpdir, spark.local.dir) that :func:`stop` removes."""
+    writing = archive is not None and archive.creating is not None
+    chosen = conf.contains("spark.local.dir") or "SPARK_LOCAL_DIRS" in os.environ
+    return not writing and not chosen
+
+
+def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: str | None = None) -> None:
     """Start the driver JVM (unless one runs already) with its stderr through :class:`JvmStderr`; if it is
-    to write a class-data-sharing archive at exit, have that archive checked and installed afterwards."""
+    to write a class-data-sharing archive at exit, have that archive checked and installed afterwards.
+    ``scratch``: its temporary folder, when :func:`stop` is to end it (:func:`ended_by_driver`)."""
     from pyspark import SparkContext
     from pyspark.errors import PySparkRuntimeError
     from pyspark.java_gateway import launch_gateway
@@ -233,11 +269,13 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None) -> None:
         return
     read_end, write_end = os.pipe()
     jvm_stderr = JvmStderr(os.fdopen(read_end, "rb"))
-    _jvm[:] = [jvm_stderr]
+    _jvm[:] = [DriverJvm(jvm_stderr)]
     jvm_stderr.quiet.set()  # start-up output only matters if the start fails, and then it is summarised
     try:
         gateway = launch_gateway(conf, popen_kwargs={"stderr": write_end})
     except PySparkRuntimeError as exc:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         if exc.getCondition() != "JAVA_GATEWAY_EXITED":
             raise
         time.sleep(0.2)  # let the reader take the JVM's last lines
@@ -247,6 +285,7 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None) -> None:
         ) from None
     finally:
         os.close(write_end)  # the JVM holds its own copy
+    _jvm[0].proc, _jvm[0].scratch = gateway.proc, scratch
     SparkContext._ensure_initialized(gateway=gateway, conf=conf)
     if archive is not None and archive.creating and gateway.proc is not None:
         classpath = str(gateway.jvm.System.getProperty("java.class.path"))
@@ -293,28 +332,57 @@ def session(
                 spark.sparkContext.master,
                 spark.sparkContext.defaultParallelism,
             )
+            failed = False
             try:
                 forward_env(spark)
                 yield spark
             except BaseException:
+                failed = True
                 signals.hold()  # the session raises a deferred signal itself, once Spark has stopped
                 quiesce(spark)
                 raise
             finally:
-                stop(spark)
+                stop(spark, end_jvm_now=not failed)
 
 
-def stop(spark: SparkSession) -> None:
+def stop(spark: SparkSession, *, end_jvm_now: bool = True) -> None:
     """Stop the session without waiting ~1 s for PySpark's accumulator server: its handler polls its socket
     once a second for the stop flag, and ``SparkContext.stop()`` waits for that poll. The flag is set first
-    and the server is shut down by a daemon thread instead (it closes its socket within the second)."""
+    and the server is shut down by a daemon thread instead (it closes its socket within the second).
+
+    Then :func:`end_jvm`; ``end_jvm_now=False`` (a failed job: PySpark's exceptions ask the JVM for their
+    text) leaves that to the process's exit."""
     context = spark.sparkContext
     server = getattr(context, "_accumulatorServer", None)
     if server is not None and hasattr(server, "server_shutdown"):
         server.server_shutdown = True  # the handler's loop ends at its next poll
+        # Its connection ends when the JVM does (end_jvm), perhaps before that poll: an EOF, not an error.
+        server.handle_error = lambda request, client_address: None
         context._accumulatorServer = None  # type: ignore[assignment]  # so stop() does not wait for it
         threading.Thread(target=server.shutdown, name="accumulator-server-shutdown", daemon=True).start()
     spark.stop()
+    if end_jvm_now:
+        end_jvm()
+    else:
+        atexit.register(end_jvm)
+
+
+def end_jvm() -> None:
+    """End the stopped driver JVM this process started, if it is ours to end (:func:`ended_by_driver`), and
+    remove its temporary folder; a later session starts a new JVM."""
+    from pyspark import SparkContext
+
+    if not _jvm or _jvm[0].scratch is None or _jvm[0].proc is None:
+        return
+    driver = _jvm.pop()
+    gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
+    if gateway is not None:
+        with contextlib.suppress(Exception):
+            gateway.close()  # our side's sockets only: nothing is sent to the JVM
+    assert driver.proc is not None and driver.scratch is not None
+    driver.proc.kill()
+    driver.proc.wait()
+    shutil.rmtree(driver.scratch, ignore_errors=True)
 
 
 def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
