@@ -50,6 +50,10 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
@@ -119,13 +123,13 @@ def test_ingest_local(archives: dict[str, Path], tmp_path: Path, layout: str) ->
     store = Store()
     result = ingest.ingest(str(archives[layout]), str(tmp_path / "work"), store=store)
     assert result.layout == layout and not result.reused
-    assert result.archive_md5 == md5_of(archives[layout])
+    assert result.identity == sha256_of(archives[layout])
     assert result.raw_url == f"file://{tmp_path}/work/raw"
     assert check_raw(store, result.raw_url, layout) == {"train": TRAIN, "test": TEST}
     index = ingest.load_raw(store, result.raw_url)
-    assert index.folder == result.archive_md5[:16]
+    assert index.folder == result.identity[:16]
     assert index.archive.bytes == archives[layout].stat().st_size
-    assert index.archive.sha256 == hashlib.sha256(archives[layout].read_bytes()).hexdigest()
+    assert index.archive.md5 is None  # nothing to check it against: not computed
     # The members land byte for byte as they are in the archive.
     with tarfile.open(archives[layout]) as tar:
         for member in index.members:
@@ -165,7 +169,7 @@ def test_bucket_source_reused_without_reading(s3_server, s3_bucket, archives, mo
             MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": 1}]},
         )
     first = ingest.ingest(src, s3_bucket + "/work", store=store)
-    assert not first.reused and first.archive_md5 == md5_of(archives["cifar10-python"])
+    assert not first.reused and first.identity == sha256_of(archives["cifar10-python"])
 
     def no_reads(*args, **kwargs):
         raise AssertionError("the archive was read again")
@@ -197,14 +201,16 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_ingest_from_http(http_root, archives, tmp_path) -> None:
     base, root = http_root
     shutil.copy(archives["cifar100-python"], root / "c100.tar.gz")
-    md5 = md5_of(archives["cifar100-python"])
-    # With the md5 known up front: one streaming pass, checked at the end.
+    md5, sha256 = md5_of(archives["cifar100-python"]), sha256_of(archives["cifar100-python"])
+    # With the md5 known up front: one streaming pass into the folder it names, checked at the end.
     known = ingest.ingest(f"{base}/c100.tar.gz", str(tmp_path / "a"), store=Store(), md5=md5.upper())
-    # Without it: spooled to local disk once (the folder is named by the md5), then landed.
+    # Without it: spooled to local disk once (the folder is named by the sha256), then landed.
     unknown = ingest.ingest(f"{base}/c100.tar.gz", str(tmp_path / "b"), store=Store())
-    assert known.archive_md5 == unknown.archive_md5 == md5
-    a = (tmp_path / "a" / "raw" / "_ingest.json").read_text()
-    assert a == (tmp_path / "b" / "raw" / "_ingest.json").read_text()
+    assert known.identity == unknown.identity == sha256
+    a, b = (ingest.load_raw(Store(), str(tmp_path / d / "raw")) for d in "ab")
+    assert (a.folder, a.archive.md5, b.folder, b.archive.md5) == (md5[:16], md5, sha256[:16], None)
+    assert a.members == b.members
+    assert files_under(tmp_path / "a" / "raw" / a.folder) == files_under(tmp_path / "b" / "raw" / b.folder)
 
 
 # -- idempotence and resume ----------------------------------------------------------------------------------
@@ -232,7 +238,7 @@ def test_second_run_does_no_work(archives, tmp_path, monkeypatch) -> None:
     writes = counting(store, monkeypatch)
     again = ingest.ingest(src, dest, store=store)
     assert again.reused and writes == []
-    assert again.archive_md5 == first.archive_md5
+    assert again.identity == first.identity
 
 
 def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
@@ -257,7 +263,7 @@ def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
         ingest.ingest(src, str(tmp_path / "work"), store=store)
     raw = tmp_path / "work" / "raw"
     assert not (raw / "_ingest.json").exists()
-    # A fresh local landing waits for the md5 to name its folder; the rerun resumes in the same one.
+    # A fresh local landing waits for the sha256 to name its folder; the rerun resumes in the same one.
     assert [p.name.startswith("_landing-") for p in raw.iterdir()] == [True]
     with pytest.raises(InputError, match="never finished"):
         ingest.load_raw(Store(), str(raw))
@@ -272,10 +278,13 @@ def test_resume_after_a_crash(archives, tmp_path, monkeypatch) -> None:
 
 
 def test_a_local_archive_into_a_fresh_folder_is_read_once(archives, tmp_path, monkeypatch) -> None:
-    """No md5 pre-pass: the members land under a provisional folder, renamed to the md5 the landing pass
-    computed; the result is what a run that knew the md5 up front commits."""
+    """No pre-pass: the members land under a provisional folder, renamed to the sha256 the landing pass
+    computed; the result is what a run that hashed the archive first commits (into a folder that held another
+    archive's commit, so that it cannot skip the pre-pass)."""
     src = archives["cifar10-binary"]
-    ingest.ingest(str(src), str(tmp_path / "known"), store=Store(), md5=md5_of(src))
+    ingest.ingest(str(archives["cifar10-python"]), str(tmp_path / "known"), store=Store())
+    ingest.ingest(str(src), str(tmp_path / "known"), store=Store())
+    shutil.rmtree(tmp_path / "known" / "raw" / sha256_of(archives["cifar10-python"])[:16])
     opened: list[str] = []
     real_open = ingest.open_archive
 
@@ -289,22 +298,22 @@ def test_a_local_archive_into_a_fresh_folder_is_read_once(archives, tmp_path, mo
     assert len(opened) == 1  # the landing pass (the format sniff reads a few blocks on its own)
     raw = tmp_path / "once" / "raw"
     assert (raw / "_ingest.json").read_text() == (tmp_path / "known" / "raw" / "_ingest.json").read_text()
-    assert {p.name for p in raw.iterdir()} == {"_ingest.json", once.archive_md5[:16]}
+    assert {p.name for p in raw.iterdir()} == {"_ingest.json", once.identity[:16]}
     assert files_under(raw) == files_under(tmp_path / "known" / "raw")
 
 
 def test_a_one_read_landing_merges_into_an_uncommitted_folder(archives, tmp_path) -> None:
-    """What a crashed run of the same archive left under its md5 (no commit) is completed, not lost."""
+    """What a crashed run of the same archive left under its sha256 (no commit) is completed, not lost."""
     src = archives["cifar10-python"]
     store = Store()
-    first = ingest.ingest(str(src), str(tmp_path / "w"), store=store, md5=md5_of(src))
+    first = ingest.ingest(str(src), str(tmp_path / "w"), store=store)
     raw = tmp_path / "w" / "raw"
     marker = (raw / "_ingest.json").read_text()
     (raw / "_ingest.json").unlink()
-    (raw / first.archive_md5[:16] / "data_batch_3").unlink()
+    (raw / first.identity[:16] / "data_batch_3").unlink()
     again = ingest.ingest(str(src), str(tmp_path / "w"), store=store)
     assert not again.reused and (raw / "_ingest.json").read_text() == marker
-    assert {p.name for p in raw.iterdir()} == {"_ingest.json", first.archive_md5[:16]}
+    assert {p.name for p in raw.iterdir()} == {"_ingest.json", first.identity[:16]}
     assert check_raw(store, first.raw_url, "cifar10-python") == {"train": TRAIN, "test": TEST}
 
 
@@ -617,6 +626,27 @@ def test_md5_mismatch(archives, tmp_path, capsys, quiet) -> None:
     assert files_under(tmp_path) == []
 
 
+def test_an_archive_that_changes_between_its_hash_and_its_landing(archives, tmp_path, capsys, quiet) -> None:
+    """A folder holding another commit makes ingest hash the archive first (its sha256 names the folder); if
+    the landing pass reads other bytes, that is one line and nothing of the new landing stays."""
+    original, changing = archives["cifar10-python"], tmp_path / "changing.tar.gz"
+    shutil.copy(archives["cifar10-binary"], changing)
+    assert run_ingest(capsys, str(original), str(tmp_path / "w"))[0] == 0
+    before = files_under(tmp_path / "w")
+    real_hash = ingest.hash_stream
+
+    def hash_then_change(stream, tick):  # type: ignore[no-untyped-def]
+        digest = real_hash(stream, tick)
+        shutil.copy(archives["cifar100-binary"], changing)  # rewritten in place after the pre-pass
+        return digest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "hash_stream", hash_then_change)
+        code, _, err = run_ingest(capsys, str(changing), str(tmp_path / "w"))
+    assert "changed while it was read" in one_error_line(code, err)
+    assert files_under(tmp_path / "w") == before
+
+
 @pytest.mark.usefixtures("quiet")
 def test_named_dataset_checks_the_published_md5(http_root, archives, tmp_path, capsys, monkeypatch) -> None:
     # A mirror serving something that is not the real CIFAR-10: the published md5 catches it.
@@ -729,7 +759,7 @@ def test_a_killed_runs_spool_and_temp_files_are_removed(archives, tmp_path, monk
         folder.mkdir(parents=True)
         (folder / "member").write_bytes(b"\0" * 1000)
     src, dest = archives["cifar10-binary"], tmp_path / "w"
-    half = dest / "raw" / md5_of(src)[:16] / "data_batch_1.bin.tmp-0123456789abcdef"
+    half = dest / "raw" / sha256_of(src)[:16] / "data_batch_1.bin.tmp-0123456789abcdef"
     half.parent.mkdir(parents=True)
     half.write_bytes(b"\0" * 1000)
     ingest.ingest(str(src), str(dest), store=Store())

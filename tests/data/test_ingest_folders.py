@@ -260,7 +260,7 @@ def test_a_changed_source_lands_in_its_own_folder(tmp_path) -> None:
     first = ingest.ingest(str(src), str(tmp_path / "w"), store=Store())
     (src / "train/a/new.png").write_bytes(png(5))
     second = ingest.ingest(str(src), str(tmp_path / "w"), store=Store())
-    assert not second.reused and second.archive_md5 != first.archive_md5
+    assert not second.reused and second.identity != first.identity
     check_landed(Store(), second.raw_url, tree(src))
 
 

@@ -11,7 +11,7 @@ from cifarflow.storage import Store, join
 @dataclass(frozen=True)
 class Ingested:
     raw_url: str
-    archive_md5: str
+    identity: str  # the archive's sha256, or an image folder's listing fingerprint
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,12 @@ def ingest(*, source: str, workdir: str, s3_endpoint: str) -> Ingested:
     dest = resolve_workdir(workdir).ingest_dest
     result = ingest_mod.ingest(source, dest, store=deployment.store(s3_endpoint))
     log.info(
-        "raw data at %s (archive md5 %s%s)",
+        "raw data at %s (%s%s)",
         redact(result.raw_url),
-        result.archive_md5,
+        result.identity,
         ", reused" if result.reused else "",
     )
-    return Ingested(result.raw_url, result.archive_md5)
+    return Ingested(result.raw_url, result.identity)
 
 
 # KFP has no null integers: the pipeline's 0 stands for the config's None.

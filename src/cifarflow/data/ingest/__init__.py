@@ -5,21 +5,27 @@ Image folders (a folder, a bucket prefix, or a ``.tar``/``.tar.gz``/``.zip`` tha
 
 Layout under ``DEST/raw/``::
 
-    DEST/raw/<md5[:16]>/data_batch_1 ...     the archive's data and meta members, byte for byte
-    DEST/raw/<md5[:16]>/_hashes/<member>     each data member's content index (cifarflow.data.content_index)
-    DEST/raw/<md5[:16]>/_done/<member>.json  per-member completion records (what a crashed run already landed)
-    DEST/raw/_ingest.json                    the commit: layout, archive checksums, members; written last
+    DEST/raw/<id[:16]>/data_batch_1 ...     the archive's data and meta members, byte for byte
+    DEST/raw/<id[:16]>/_hashes/<member>     each data member's content index (cifarflow.data.content_index)
+    DEST/raw/<id[:16]>/_done/<member>.json  per-member completion records (what a crashed run already landed)
+    DEST/raw/_ingest.json                   the commit: layout, archive checksums, members; written last
 
-The archive is read once, as a stream (never whole in memory), hashing md5 and sha256 on the way; a local
-archive landing on a local disk for the first time lands under ``_landing-<key>/`` and is renamed to its md5
-after that pass, instead of being read twice. Every data member is decoded with :mod:`cifarflow.data.cifar`
+``<id>`` is the checksum known when landing starts: the md5 the archive is checked against (``--md5``, a named
+dataset's published sum), else its sha256. The archive is read once, as a stream (never whole in memory),
+hashing on the way: its sha256, and its md5 only when there is one to check (md5 is the slower of the two,
+~2.4 CPU-s a 1.7 GB archive). Without a known md5 the sha256 comes from a pre-pass, or, for a local archive
+landing on a local disk for the first time, from the landing pass itself: the members land under
+``_landing-<key>/``, renamed to the sha256 after that pass, instead of the archive being read twice. Every data
+member is decoded with :mod:`cifarflow.data.cifar`
 before it lands, so unsafe pickles, wrong image sizes and labels out of range fail here, in seconds, rather
 than inside a Spark job, and each image's label and content hash go to its content index. Readers trust only
 ``_ingest.json``.
 
-- Idempotent: when ``_ingest.json`` already records the same archive (by md5), nothing is read or written.
+- Idempotent: when ``_ingest.json`` already records the same archive (the md5 to check, a bucket object's md5
+  or version, else the sha256 of a pre-pass), nothing is written.
 - Resumable: a rerun after a crash skips members whose completion record matches what it streams.
-- Atomic: bad input removes what the run wrote; the marker is written only after the archive's md5 checks out.
+- Atomic: bad input removes what the run wrote; the marker is written only after the archive's checksums
+  check out.
 
 The modules: :mod:`.marker` (the commit marker and its reader), :mod:`.source` (resolving, downloading and
 hashing the archive), :mod:`.decompress` (bounded, checked decompression), :mod:`.stream` (the walk over the
@@ -37,6 +43,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from cifarflow.data import cifar, content_index
 from cifarflow.data.allocator import freed_memory_kept
@@ -97,12 +104,56 @@ Index = RawIndex | ImageIndex
 @dataclass
 class IngestResult:
     raw_url: str
-    archive_md5: str  # an image folder's listing fingerprint when the source is a folder
+    identity: str  # the archive's sha256, or an image folder's listing fingerprint
     layout: str  # a CIFAR layout, or images-split / images-flat
     reused: bool
     members: int = 0  # members (CIFAR) or images
     bytes: int = 0
     written: int = 0  # members written by this run (0 when reused or everything was already landed)
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """What is known of the archive before it is read: the md5 to check it against, the sha256 of a pre-pass."""
+
+    md5: str | None = None
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """What names the landed folder (module docstring); ``None``: nothing yet (a provisional folder)."""
+        return self.md5 or self.sha256
+
+    def matches(self, held: ArchiveInfo) -> bool:
+        """Whether ``held`` is this archive, by a checksum both know."""
+        return (self.md5 is not None and self.md5 == held.md5) or (
+            self.sha256 is not None and self.sha256 == held.sha256
+        )
+
+    def check(self, src: ArchiveSource, reader: HashingReader) -> ArchiveInfo:
+        """What was read, checked against what was known; bad input raises."""
+        got = ArchiveInfo(
+            md5=reader.md5.hexdigest() if self.md5 is not None else None,
+            sha256=reader.sha256.hexdigest(),
+            bytes=reader.bytes,
+            source=src.shown,
+            version=src.version,
+        )
+        if self.md5 is not None and got.md5 != self.md5:
+            raise InputError(
+                f"md5 mismatch for {src.shown}: expected {self.md5}, got {got.md5} (corrupt, or another archive)",
+                "fetch the archive again, or pass the right --md5",
+            )
+        if self.sha256 is not None and got.sha256 != self.sha256:
+            raise InputError(
+                f"{src.shown} changed while it was read (sha256 {self.sha256[:16]}... first, then "
+                f"{got.sha256[:16]}...)",
+                "rerun once nothing writes to the archive",
+            )
+        return got
+
+    def reader(self, stream: IO[bytes], tick: Callable[[int], None]) -> HashingReader:
+        return HashingReader(stream, tick, md5=self.md5 is not None)
 
 
 def ingest(
@@ -125,37 +176,40 @@ def _ingest(source: str, dest: str, store: Store, md5: str | None, max_bytes: in
     previous = committed(store, raw_url)
     if src.kind == "store" and store.is_dir(src.url):
         return _ingest_folder(src, raw_url, store, previous, max_bytes)
-    fresh = previous is None  # no commit here yet: nothing to reuse or resume by the md5's folder
+    fresh = previous is None  # no commit here yet: nothing to reuse or resume by a checksum's folder
     if previous is not None and not _intact(store, raw_url, previous):
         previous = None  # nothing to reuse: land again (the members still there are skipped)
+    held = _archive_of(previous)
 
     remove_stale_spools()
     with spool_folder() as tmpdir:
-        expected = src.md5
-        if expected is None:
+        sums = Checksums(md5=src.md5)
+        if sums.md5 is None:
             known, version = identify(src, store)
             src = dataclasses.replace(src, version=version)
-            held = _archive_of(previous)
             if (
                 previous is not None
                 and held is not None
-                and (known == held.md5 or (version and (held.source, held.version) == (src.shown, version)))
+                and (
+                    (known is not None and known == held.md5)
+                    or (version and (held.source, held.version) == (src.shown, version))
+                )
             ):
                 return _reused(raw_url, previous)
             if fresh and _one_pass(src, raw_url, store, max_bytes):
                 # Nothing to reuse, and a local folder renames for free: land under a provisional name and
-                # name the folder by the md5 the landing pass computes (one read of the archive, not two).
-                return _land(src, None, raw_url, store, tmpdir, max_bytes=max_bytes)
-            # The folder is named by the md5, so it must be known before anything lands: hash a local file in
-            # place; spool anything remote to local disk once (one download, not two).
-            src, expected = _prepare_unknown(src, store, tmpdir)
-        if previous is not None and _identity(previous) == expected:
+                # name the folder by the sha256 the landing pass computes (one read of the archive, not two).
+                return _land(src, sums, raw_url, store, tmpdir, max_bytes=max_bytes)
+            # The folder is named by the sha256, so it must be known before anything lands: hash a local file
+            # in place; spool anything remote to local disk once (one download, not two).
+            src, sums = _prepare_unknown(src, store, tmpdir)
+        if previous is not None and held is not None and sums.matches(held):
             return _reused(raw_url, previous)
         if previous is not None:
-            log.info("%s held %s; replacing it with %s", redact(raw_url), _identity(previous), expected)
+            log.info("%s held %s; replacing it with %s", redact(raw_url), _identity(previous), sums.name)
         if src.dataset is None and images.sniff(src, store, max_bytes) == "images":
-            return _land_image_archive(src, expected, raw_url, store, tmpdir, max_bytes=max_bytes)
-        return _land(src, expected, raw_url, store, tmpdir, max_bytes=max_bytes)
+            return _land_image_archive(src, sums, raw_url, store, tmpdir, max_bytes=max_bytes)
+        return _land(src, sums, raw_url, store, tmpdir, max_bytes=max_bytes)
 
 
 def _archive_of(index: Index | None) -> ArchiveInfo | None:
@@ -163,16 +217,16 @@ def _archive_of(index: Index | None) -> ArchiveInfo | None:
 
 
 def _identity(index: Index) -> str:
-    """What names the landed folder: the archive's md5, or an image folder's listing fingerprint."""
+    """What the commit holds: the archive's sha256, or an image folder's listing fingerprint."""
     if index.archive is not None:
-        return index.archive.md5
+        return index.archive.sha256
     assert isinstance(index, ImageIndex) and index.fingerprint is not None
     return index.fingerprint
 
 
 def _reused(raw_url: str, index: Index) -> IngestResult:
     result = _result(raw_url, index, reused=True)
-    log.info("%s already holds %s (%s): nothing to do", redact(raw_url), result.archive_md5, result.layout)
+    log.info("%s already holds %s (%s): nothing to do", redact(raw_url), result.identity, result.layout)
     return result
 
 
@@ -181,7 +235,9 @@ def _result(raw_url: str, index: Index, *, reused: bool, written: int = 0) -> In
         layout = f"images-{index.layout}"
         return IngestResult(raw_url, _identity(index), layout, reused, index.images, index.bytes, written)
     total = sum(m.bytes for m in index.members)
-    return IngestResult(raw_url, index.archive.md5, index.layout, reused, len(index.members), total, written)
+    return IngestResult(
+        raw_url, index.archive.sha256, index.layout, reused, len(index.members), total, written
+    )
 
 
 def _intact(store: Store, raw_url: str, index: Index) -> bool:
@@ -211,25 +267,27 @@ def _one_pass(src: ArchiveSource, raw_url: str, store: Store, max_bytes: int) ->
 
 
 def _provisional(src: ArchiveSource) -> str:
-    """The landing folder's name until the md5 is known: the same file (path, size, mtime) resumes in it."""
+    """The landing folder's name until the sha256 is known: the same file (path, size, mtime) resumes in it."""
     stat = os.stat(src.url[len("file://") :])
     key = f"{src.url}|{stat.st_size}|{stat.st_mtime_ns}".encode()
     return f"{PROVISIONAL}{hashlib.sha256(key).hexdigest()[:16]}"
 
 
-def _prepare_unknown(src: ArchiveSource, store: Store, tmpdir: str) -> tuple[ArchiveSource, str]:
+def _prepare_unknown(src: ArchiveSource, store: Store, tmpdir: str) -> tuple[ArchiveSource, Checksums]:
+    """The archive's sha256 before it lands: a local file hashed in place, anything else spooled to local disk
+    (one download, not two) and landed from there."""
     if src.kind == "store" and src.url.startswith("file://"):
         with (
             open_archive(src, store) as (stream, size),
             _bytes_progress(f"hash {os.path.basename(src.url)}", size) as tick,
         ):
             digest, _ = hash_stream(stream, tick)
-        return src, digest
+        return src, Checksums(sha256=digest)
     path = os.path.join(tmpdir, "archive")
     with open_archive(src, store) as (stream, size), _bytes_progress("download", size) as tick:
         digest, copied = spool(stream, path, tick)
     log.info("downloaded %s (%d bytes) to a local spool", src.shown, copied)
-    return dataclasses.replace(src, kind="store", url="file://" + path, md5=digest), digest
+    return dataclasses.replace(src, kind="store", url="file://" + path), Checksums(sha256=digest)
 
 
 @contextlib.contextmanager
@@ -240,11 +298,11 @@ def _bytes_progress(what: str, total: int | None) -> Iterator[Callable[[int], No
 
 
 def _land(
-    src: ArchiveSource, expected: str | None, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
+    src: ArchiveSource, sums: Checksums, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
 ) -> IngestResult:
-    """Land the archive's members under ``<md5[:16]>``, or when the md5 is not known yet (:func:`_one_pass`)
-    under a provisional folder renamed to it once the landing pass has computed it."""
-    folder = expected[:16] if expected is not None else _provisional(src)
+    """Land the archive's members under the folder ``sums`` names, or when nothing names it yet
+    (:func:`_one_pass`) under a provisional folder renamed to the sha256 once the landing pass has computed it."""
+    folder = sums.name[:16] if sums.name is not None else _provisional(src)
     started = time.perf_counter()
     landing: Landing | None = None
 
@@ -257,7 +315,7 @@ def _land(
     log.info("ingesting %s into %s", src.shown, redact(raw_url))
     try:
         with open_archive(src, store) as (stream, size), _bytes_progress("ingest", size) as tick:
-            reader = HashingReader(stream, tick)
+            reader = sums.reader(stream, tick)
             try:
                 layout, members = stream_members(reader, landing_for, tmpdir, max_bytes)
                 reader.drain()
@@ -268,12 +326,7 @@ def _land(
                 ) from exc
             except UNREADABLE as exc:
                 raise bad_archive(src, exc) from exc
-        got = reader.md5.hexdigest()
-        if expected is not None and got != expected:
-            raise InputError(
-                f"md5 mismatch for {src.shown}: expected {expected}, got {got} (corrupt, or another archive)",
-                "fetch the archive again, or pass the right --md5",
-            )
+        archive = sums.check(src, reader)
         assert landing is not None
         landing.settle()  # every member is in place before the commit
     except InputError:
@@ -288,23 +341,12 @@ def _land(
         raise
 
     assert landing is not None
-    if folder != got[:16]:
-        folder = got[:16]
+    if sums.name is None:
+        folder = archive.sha256[:16]
         # Into what a crashed or concurrent run of the same archive left there (the same bytes), file by file.
         store.move_folder(landing.folder_url, join(raw_url, folder))
         landing.folder_url = join(raw_url, folder)
-    index = RawIndex(
-        layout=layout.name,
-        archive=ArchiveInfo(
-            md5=got,
-            sha256=reader.sha256.hexdigest(),
-            bytes=reader.bytes,
-            source=src.shown,
-            version=src.version,
-        ),
-        folder=folder,
-        members=members,
-    )
+    index = RawIndex(layout=layout.name, archive=archive, folder=folder, members=members)
     store.write_text(join(raw_url, MARKER), index.to_json())
     landing.remove_stale_tmp()
     return _committed(raw_url, index, landing.landed, time.perf_counter() - started)
@@ -360,35 +402,28 @@ def _refuse_nested(source_url: str, raw_url: str) -> None:
 
 
 def _land_image_archive(
-    src: ArchiveSource, expected: str, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
+    src: ArchiveSource, sums: Checksums, raw_url: str, store: Store, tmpdir: str, *, max_bytes: int
 ) -> IngestResult:
     """A tar or zip of class folders: hashed (or downloaded) once, listed, then landed."""
     if src.kind == "store" and src.url.startswith("file://"):
         path = src.url[len("file://") :]
         with open_archive(src, store) as (stream, size), _bytes_progress("hash", size) as tick:
-            reader = HashingReader(stream, tick)
+            reader = sums.reader(stream, tick)
             reader.drain()
     else:
         path = os.path.join(tmpdir, "archive")
         with open_archive(src, store) as (stream, size), _bytes_progress("download", size) as tick:
-            reader = HashingReader(stream, tick)
+            reader = sums.reader(stream, tick)
             with open(path, "wb") as out:
                 buf = bytearray(1 << 20)
                 while n := reader.readinto(buf):
                     out.write(memoryview(buf)[:n])
-    got = reader.md5.hexdigest()
-    if got != expected:
-        raise InputError(
-            f"md5 mismatch for {src.shown}: expected {expected}, got {got} (corrupt, or another archive)",
-            "fetch the archive again, or pass the right --md5",
-        )
-    info = ArchiveInfo(
-        md5=got, sha256=reader.sha256.hexdigest(), bytes=reader.bytes, source=src.shown, version=src.version
-    )
+    info = sums.check(src, reader)
+    folder = (sums.md5 or info.sha256)[:16]
     source = images.open_image_archive(path, src, max_bytes)
     try:
         layout, _ = images.survey(source, folder_source=False)
-        return _land_images(source, layout, raw_url, store, max_bytes, folder=got[:16], archive=info)
+        return _land_images(source, layout, raw_url, store, max_bytes, folder=folder, archive=info)
     finally:
         source.close()
 

@@ -9,7 +9,8 @@ whose landed file has the recorded size (a folder source is not even read again)
 (one concurrent request per group on buckets), so a million small files cost no million round trips of
 bookkeeping. ``_ingest.json`` (:class:`ImageIndex`) is written last.
 
-``<folder>`` is named by what identifies the source: an archive's md5, or for a folder the digest of its listing
+``<folder>`` is named by what identifies the source: an archive's checksum (its md5 when one was given to check
+it against, else its sha256), or for a folder the digest of its listing
 (every image's path, size and modification time or ETag), so a changed source lands in a folder of its own.
 
 Here: pass two, the images landed in batches with their index shards (:func:`land`), and the index built from

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "cifarflow.raw/v1"
 MARKER = "_ingest.json"
-# DEST/raw/_landing-<key>/: a folder landing before its archive's md5 is known (renamed to <md5[:16]> after).
+# DEST/raw/_landing-<key>/: a folder landing before its archive's sha256 is known (renamed to <sha256[:16]> after).
 PROVISIONAL = "_landing-"
 DONE = "_done"  # DEST/raw/<folder>/_done/<member>.json: per-member completion records (resume)
 
@@ -32,7 +32,7 @@ class _Model(BaseModel):
 
 
 class ArchiveInfo(_Model):
-    md5: str
+    md5: str | None = None  # computed only when there was one to check it against (--md5, a named dataset)
     sha256: str
     bytes: int
     source: str

@@ -141,24 +141,25 @@ class SourceFailed(StorageError):
 class HashingReader(io.RawIOBase):
     """Counts and hashes every byte read through it; source read failures are tagged for the error message.
 
-    md5 and sha256 run on a helper thread (hashlib releases the GIL on large buffers), so on a machine with a
-    second core they overlap the decompression and validation that consume the bytes; read :attr:`md5` and
-    :attr:`sha256` only after the last read.
+    sha256, and md5 when asked (``md5``: there is one to check), run on a helper thread (hashlib releases the GIL
+    on large buffers), so on a machine with a second core they overlap the decompression and validation that
+    consume the bytes; read :attr:`md5` and :attr:`sha256` only after the last read.
     """
 
     def __init__(
-        self, raw: IO[bytes], on_bytes: Callable[[int], None] | None = None, *, sha256: bool = True
+        self, raw: IO[bytes], on_bytes: Callable[[int], None] | None = None, *, md5: bool = False
     ) -> None:
         self._raw = raw
         self._on_bytes = on_bytes
-        self._md5 = hashlib.md5()
+        self._md5 = hashlib.md5() if md5 else None
         self._sha256 = hashlib.sha256()
-        self._hashes = (self._md5, self._sha256) if sha256 else (self._md5,)
+        self._hashes = (self._sha256,) if self._md5 is None else (self._md5, self._sha256)
         self._pending: collections.deque[Future[None]] = collections.deque()
         self.bytes = 0
 
     @property
     def md5(self) -> Any:
+        assert self._md5 is not None, "only a HashingReader(md5=True) computes the md5"
         self._settle(0)
         return self._md5
 
@@ -202,20 +203,20 @@ def _update(hashes: tuple[Any, ...], data: bytes) -> None:
 
 
 def hash_stream(stream: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """The md5 alone (it names the landed folder): the landing pass computes both sums again anyway."""
-    reader = HashingReader(stream, on_bytes, sha256=False)
+    """The sha256 (it names the landed folder) and size."""
+    reader = HashingReader(stream, on_bytes)
     reader.drain()
-    return reader.md5.hexdigest(), reader.bytes
+    return reader.sha256.hexdigest(), reader.bytes
 
 
 def spool(stream: IO[bytes], path: str, on_bytes: Callable[[int], None]) -> tuple[str, int]:
-    """Copy the source to the local file ``path`` (one download, not two); returns its md5 and size."""
-    reader = HashingReader(stream, on_bytes, sha256=False)
+    """Copy the source to the local file ``path`` (one download, not two); returns its sha256 and size."""
+    reader = HashingReader(stream, on_bytes)
     buf = bytearray(CHUNK)
     with open(path, "wb") as out:
         while n := _read_source(reader, buf):
             out.write(memoryview(buf)[:n])
-    return reader.md5.hexdigest(), reader.bytes
+    return reader.sha256.hexdigest(), reader.bytes
 
 
 def _read_source(reader: HashingReader, buf: bytearray) -> int:

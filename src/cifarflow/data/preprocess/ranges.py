@@ -160,10 +160,11 @@ def cifar_input(store: Store, raw_url: str) -> CifarInput:
         "raw": redact(raw_url),
         "layout": layout.name,
         "archive": index.archive.source,
-        "archive_md5": index.archive.md5,
         "archive_sha256": index.archive.sha256,
         "archive_bytes": index.archive.bytes,
     }
+    if index.archive.md5 is not None:  # the md5 it was checked against (ingest --md5, a named dataset)
+        description["archive_md5"] = index.archive.md5
     # Train files first, then test, each in the index's (archive) order: this fixes the shard numbers.
     files.sort(key=lambda m: 0 if m.split == "train" else 1)
     meta_url = index.url(raw_url, meta[0])
