@@ -390,9 +390,9 @@ def test_a_shard_is_hashed_as_it_is_written(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
     os.environ["CIFARFLOW_SPARK_UI"] = "0"
-    session = sparkmod.build("local[2]", "cifarflow-tests")
-    yield session
-    session.stop()
+    context = sparkmod.build("local[2]", "cifarflow-tests")
+    yield sparkmod.Spark(context).sql
+    sparkmod.stop(context)
 
 
 def test_workers_load_the_installed_pyspark_not_sparks_zip(spark: Any) -> None:
@@ -539,7 +539,7 @@ def test_content_indexes_give_the_plan_the_rules_give(
         rows += [(ids[i], split, int(labels[i]), hashes[i].tobytes(), keys[i]) for i in range(len(picks))]
     ctx = tasks.TaskContext(tuple(parts), seed, Store(), 3, "cifar10-binary")
 
-    plan = pre.plan_split(IndexScan(spark, ctx), 0.3, len(rows), 3)
+    plan = pre.plan_split(IndexScan(spark.sparkContext, ctx), 0.3, len(rows), 3)
     in_sql = pre.plan_split(spark.createDataFrame(rows, pre.spark_schema(pre.SCAN_ARROW)), 0.3, len(rows), 3)
     reasons, val, _, kept = reference_plan(rows, 0.3, None)
     assert min(reasons.values()) > 0  # every kind of duplicate occurs
@@ -1266,8 +1266,7 @@ def test_a_signal_in_a_py4j_call_cancels_the_jobs_and_is_raised_outside_it(fail:
     returned: list[bool] = []
     main = threading.main_thread().ident
     assert main is not None
-    spark = cast(Any, SimpleNamespace(sparkContext=context))
-    with pytest.raises(KeyboardInterrupt) as raised, spark_signals.Signals(spark) as signals:
+    with pytest.raises(KeyboardInterrupt) as raised, spark_signals.Signals(cast(Any, context)) as signals:
         threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
         try:
             exec(PY4J_CALL, {"context": context, "returned": returned, "fail": fail})

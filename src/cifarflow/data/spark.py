@@ -34,7 +34,7 @@ from cifarflow.data.spark_signals import Signals, _interruptible
 from cifarflow.errors import InputError, JobError
 
 if TYPE_CHECKING:
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,29 @@ def verbose() -> bool:
     return logging.getLogger("cifarflow").getEffectiveLevel() <= logging.DEBUG
 
 
+class Spark:
+    """One Spark application as cifarflow's jobs use it: its :class:`SparkContext` (every RDD job), and a
+    :class:`SparkSession` made on first use. A session starts Spark SQL's engine (~0.5 s of a cold local JVM),
+    which only the jobs that query pay for: pass 1 over content indexes and pass 2 run RDD jobs only."""
+
+    def __init__(self, context: SparkContext, session: SparkSession | None = None) -> None:
+        self.context = context
+        self._session = session
+
+    @property
+    def sql(self) -> SparkSession:
+        if self._session is None:
+            from pyspark.sql import SparkSession
+
+            self._session = SparkSession.builder.getOrCreate()  # around the running context, with its conf
+        return self._session
+
+
 def build(
     master: str | None = None, app_name: str = "cifarflow", conf: Mapping[str, str] | None = None
-) -> SparkSession:
-    """Create a SparkSession (or return the existing one) set up as the module docstring says."""
+) -> SparkContext:
+    """Create a SparkContext (or return the running one) set up as the module docstring says."""
     from pyspark import SparkConf, SparkContext
-    from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -168,13 +185,13 @@ def build(
     if not submitted():
         launch_jvm(spark_conf, archive, scratch)
     try:
-        spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
+        context = SparkContext.getOrCreate(spark_conf)
     except BaseException:
         end_jvm()  # the context never started: nothing of ours is left running or on disk
         raise
     jvm_quiet(False)
-    spark.sparkContext.setLogLevel("INFO" if verbose() else "WARN")
-    return spark
+    context.setLogLevel("INFO" if verbose() else "WARN")
+    return context
 
 
 # Spark's launcher adds --add-modules=jdk.incubator.vector to every JVM it starts (for its vectorised BLAS, which
@@ -292,13 +309,13 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: st
         archive.install_after(gateway.proc.pid, classpath)
 
 
-def forward_env(spark: SparkSession) -> None:
+def forward_env(context: SparkContext) -> None:
     """Send the driver's current storage settings and credentials with every Python task from now on.
 
     PySpark ships ``SparkContext.environment`` with each Python function and starts the workers with it, so
     this works on any master and picks up values set after the session started (tests start servers late).
     """
-    env = spark.sparkContext.environment
+    env = context.environment
     for name in (*SETTINGS_ENV, *SECRET_ENV):
         value = os.environ.get(name)
         if value:
@@ -310,49 +327,52 @@ def forward_env(spark: SparkSession) -> None:
 @contextlib.contextmanager
 def session(
     master: str | None = None, app_name: str = "cifarflow", conf: Mapping[str, str] | None = None
-) -> Iterator[SparkSession]:
-    """A SparkSession for one job: the active one if there is one (tests, notebooks), else a new one that is
+) -> Iterator[Spark]:
+    """Spark for one job: the running application if there is one (tests, notebooks), else a new one that is
     stopped afterwards (so a long ``cifarflow run`` frees the JVM before training)."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
+    active = SparkContext._active_spark_context
     if active is not None:
-        current = active.sparkContext.master
-        if master and master != current:
-            log.warning("using the active Spark session (master %s), not --master %s", current, master)
+        if master and master != active.master:
+            log.warning(
+                "using the running Spark application (master %s), not --master %s", active.master, master
+            )
         forward_env(active)
-        yield active
+        yield Spark(active, SparkSession.getActiveSession())
         return
     with _interruptible():
-        spark = build(master, app_name, conf)
-        with Signals(spark) as signals:
+        context = build(master, app_name, conf)
+        with Signals(context) as signals:
             log.info(
                 "Spark %s, master %s, default parallelism %d",
-                spark.version,
-                spark.sparkContext.master,
-                spark.sparkContext.defaultParallelism,
+                context.version,
+                context.master,
+                context.defaultParallelism,
             )
             failed = False
             try:
-                forward_env(spark)
-                yield spark
+                forward_env(context)
+                yield Spark(context)
             except BaseException:
                 failed = True
                 signals.hold()  # the session raises a deferred signal itself, once Spark has stopped
-                quiesce(spark)
+                quiesce(context)
                 raise
             finally:
-                stop(spark, end_jvm_now=not failed)
+                stop(context, end_jvm_now=not failed)
 
 
-def stop(spark: SparkSession, *, end_jvm_now: bool = True) -> None:
+def stop(context: SparkContext, *, end_jvm_now: bool = True) -> None:
     """Stop the session without waiting ~1 s for PySpark's accumulator server: its handler polls its socket
     once a second for the stop flag, and ``SparkContext.stop()`` waits for that poll. The flag is set first
     and the server is shut down by a daemon thread instead (it closes its socket within the second).
 
     Then :func:`end_jvm`; ``end_jvm_now=False`` (a failed job: PySpark's exceptions ask the JVM for their
     text) leaves that to the process's exit."""
-    context = spark.sparkContext
+    from pyspark.sql import SparkSession
+
     server = getattr(context, "_accumulatorServer", None)
     if server is not None and hasattr(server, "server_shutdown"):
         server.server_shutdown = True  # the handler's loop ends at its next poll
@@ -360,7 +380,11 @@ def stop(spark: SparkSession, *, end_jvm_now: bool = True) -> None:
         server.handle_error = lambda request, client_address: None
         context._accumulatorServer = None  # type: ignore[assignment]  # so stop() does not wait for it
         threading.Thread(target=server.shutdown, name="accumulator-server-shutdown", daemon=True).start()
-    spark.stop()
+    session = SparkSession._instantiatedSession
+    if session is not None and session.sparkContext is context:
+        session.stop()  # the context, and the session's own state: a later one starts afresh
+    else:
+        context.stop()
     if end_jvm_now:
         end_jvm()
     else:
@@ -385,7 +409,7 @@ def end_jvm() -> None:
     shutil.rmtree(driver.scratch, ignore_errors=True)
 
 
-def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
+def quiesce(context: SparkContext, timeout: float = 20.0) -> None:
     """After a failed or interrupted job: cancel what still runs and wait until its tasks have ended.
 
     A failed job returns while its other tasks are still being killed; stopping the session then races with
@@ -394,7 +418,6 @@ def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
     """
     jvm_quiet(True)  # the job's own error line says what happened; the rest is Spark winding down
     with contextlib.suppress(Exception):  # best effort: the session may be half gone already
-        context = spark.sparkContext
         context.cancelAllJobs()
         tracker = context._jsc.sc().statusTracker()  # the Scala tracker: it counts running tasks per executor
         deadline = time.monotonic() + timeout
@@ -408,15 +431,15 @@ def quiesce(spark: SparkSession, timeout: float = 20.0) -> None:
 class StageProgress:
     """Show the running Spark stage's tasks as a progress bar on the driver's terminal (none in logs/CI)."""
 
-    def __init__(self, spark: SparkSession, description: str, interval: float = 0.5) -> None:
-        self.spark = spark
+    def __init__(self, context: SparkContext, description: str, interval: float = 0.5) -> None:
+        self.context = context
         self.description = description
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> StageProgress:
-        self.spark.sparkContext.setJobDescription(self.description)
+        self.context.setJobDescription(self.description)
         from cifarflow.log import console
 
         if console.is_terminal:
@@ -428,14 +451,14 @@ class StageProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
+        self.context.setJobDescription(None)  # type: ignore[arg-type]
 
     def _run(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from cifarflow.log import console
 
-        tracker = self.spark.sparkContext.statusTracker()
+        tracker = self.context.statusTracker()
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task(self.description, total=None)

@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark import SparkContext
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class Signals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, spark: SparkSession) -> None:
-        self.spark = spark
+    def __init__(self, context: SparkContext) -> None:
+        self.context = context
         self.pending: tuple[int, Callable[[int, FrameType | None], Any]] | None = None
         self._held = False
         self._done = threading.Event()
@@ -147,7 +147,7 @@ class Signals:
         assert main is not None
         while not self._done.is_set():
             with contextlib.suppress(Exception):  # the JVM may be going away
-                self.spark.sparkContext.cancelAllJobs()  # another thread: its own py4j connection
+                self.context.cancelAllJobs()  # another thread: its own py4j connection
             if self._done.wait(0.1):
                 return
             with self._lock:

@@ -30,8 +30,7 @@ from cifarflow.data.preprocess.ranges import changed, read_hashes
 from cifarflow.data.preprocess.tasks import TaskContext, guarded, over_ranges, pause
 
 if TYPE_CHECKING:
-    from pyspark import RDD
-    from pyspark.sql import SparkSession
+    from pyspark import RDD, SparkContext
 
 
 class ScanRow(NamedTuple):
@@ -132,8 +131,8 @@ class IndexScan(Scan):
     """:class:`~.plan.Scan` over CIFAR ranges that all have a content index: one task per core reads many
     ranges (an index read is small; a task's fixed cost is ~0.1 s)."""
 
-    def __init__(self, spark: SparkSession, ctx: TaskContext) -> None:
-        self.context, self.ctx = spark.sparkContext, ctx
+    def __init__(self, context: SparkContext, ctx: TaskContext) -> None:
+        self.context, self.ctx = context, ctx
         self.cores = max(1, min(len(ctx.ranges), self.context.defaultParallelism))
         self.numbers = self.context.parallelize(range(len(ctx.ranges)), self.cores)
         self.gone: frozenset[str] = frozenset()

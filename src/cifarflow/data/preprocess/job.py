@@ -65,7 +65,7 @@ from cifarflow.data.preprocess.plan import SplitPlan, plan_split
 from cifarflow.data.preprocess.ranges import CifarInput, InputRange, cifar_input, plan_ranges, refuse_dataset
 from cifarflow.data.preprocess.schema import SCAN_ARROW, spark_schema
 from cifarflow.data.preprocess.tasks import TaskContext, scan_task, test_delay, write_task
-from cifarflow.data.spark import StageProgress
+from cifarflow.data.spark import Spark, StageProgress
 from cifarflow.errors import CifarflowError, InputError
 from cifarflow.storage import Store, join, normalize, redact
 
@@ -254,7 +254,7 @@ def class_names(store: Store, source: RawInput) -> list[str]:
     return label_names(store.read_bytes(source.meta_url), source.layout)
 
 
-def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
+def run_job(spark: Spark, job: Job) -> tuple[mf.Manifest, mf.Stats]:
     """Passes 1 and 2 on ``spark``; returns the manifest and stats to commit (nothing is committed here)."""
     layout = job.source.layout.name if isinstance(job.source, CifarInput) else ""
     ctx = TaskContext(
@@ -278,13 +278,13 @@ def run_job(spark: SparkSession, job: Job) -> tuple[mf.Manifest, mf.Stats]:
 
     # Pass 2: tasks write their shards and return one small record each (an RDD job: no query to plan).
     clock = time.monotonic()
-    dropped = spark.sparkContext.broadcast(plan.dropped)
+    dropped = spark.context.broadcast(plan.dropped)
     try:
         task = functools.partial(
             write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs, carve=carve
         )
-        with StageProgress(spark, "pass 2/2: split and write shards"):
-            rows = spark.sparkContext.parallelize(order, len(order)).mapPartitions(task).collect()
+        with StageProgress(spark.context, "pass 2/2: split and write shards"):
+            rows = spark.context.parallelize(order, len(order)).mapPartitions(task).collect()
     finally:
         dropped.destroy(blocking=True)
     log.info("pass 2: %d shards written (%.1f s)", len(rows), time.monotonic() - clock)
@@ -318,20 +318,20 @@ def images(job: Job) -> int:
     return sum(part.rows or part.length // job.source.layout.record_bytes for part in job.ranges)
 
 
-def cifar_pass_one(spark: SparkSession, ctx: TaskContext, order: list[int], job: Job) -> SplitPlan:
+def cifar_pass_one(spark: Spark, ctx: TaskContext, order: list[int], job: Job) -> SplitPlan:
     """Pass 1 over CIFAR ranges: small answers only, from several small queries."""
     from pyspark import StorageLevel
 
     if all(part.hashes_url for part in job.ranges):
-        with StageProgress(spark, "pass 1/2: read content indexes, deduplicate"):
-            return plan_split(IndexScan(spark, ctx), job.val_fraction, images(job), job.num_classes)
+        with StageProgress(spark.context, "pass 1/2: read content indexes, deduplicate"):
+            return plan_split(IndexScan(spark.context, ctx), job.val_fraction, images(job), job.num_classes)
     # Without them the scan decodes and hashes every image: once, cached.
-    scan = range_frame(spark, order).mapInArrow(
+    scan = range_frame(spark.sql, order).mapInArrow(
         functools.partial(scan_task, ctx=ctx), spark_schema(SCAN_ARROW)
     )
     scan = scan.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        with StageProgress(spark, "pass 1/2: decode, hash, deduplicate"):
+        with StageProgress(spark.context, "pass 1/2: decode, hash, deduplicate"):
             return plan_split(scan, job.val_fraction, images(job), job.num_classes)
     finally:
         # Blocking: a release still in flight when the session stops makes Spark print a stack trace.
@@ -339,7 +339,7 @@ def cifar_pass_one(spark: SparkSession, ctx: TaskContext, order: list[int], job:
 
 
 def image_pass_one(
-    spark: SparkSession, ctx: TaskContext, order: list[int], job: Job
+    spark: Spark, ctx: TaskContext, order: list[int], job: Job
 ) -> tuple[SplitPlan, Cutoffs | None, mf.ImageSpec, mf.Skipped | None]:
     """Pass 1 over image ranges: the CIFAR decisions on the decodable images, after the image-only ones
     (undecodable files, the size, a flat folder's test carve)."""
@@ -348,10 +348,10 @@ def image_pass_one(
 
     assert job.settings is not None and isinstance(job.source, ImageInput)
     task = functools.partial(image_scan_task, ctx=ctx)
-    scan = range_frame(spark, order).mapInArrow(task, spark_schema(IMAGE_SCAN_ARROW))
+    scan = range_frame(spark.sql, order).mapInArrow(task, spark_schema(IMAGE_SCAN_ARROW))
     scan = scan.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        with StageProgress(spark, "pass 1/2: decode, resize, hash, deduplicate"):
+        with StageProgress(spark.context, "pass 1/2: decode, resize, hash, deduplicate"):
             skipped = skipped_files(scan)
             good = scan.filter(F.col("broken").isNull()).drop("broken")
             decodable = job.source.index.images - (skipped.undecodable if skipped else 0)
