@@ -58,7 +58,7 @@ def ingest(*, source: str, workdir: str, s3_endpoint: str) -> Ingested:
     dest = resolve_workdir(workdir).ingest_dest
     result = ingest_mod.ingest(source, dest, store=deployment.store(s3_endpoint))
     log.info(
-        "raw data at %s (%s%s)",
+        "raw data at %s (source %s%s)",
         redact(result.raw_url),
         result.identity,
         ", reused" if result.reused else "",
