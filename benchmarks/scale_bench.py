@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> None:
             runs: dict[str, dict[str, Any]] = {}
             for what in order:
                 # Written pages still dirty (a tarball just made, the other side's output) would throttle the
-                # next writer: 10x python ingest took 10.6 s after 4 GB written, 6.7 s after a sync.
+                # next writer: 10x python ingest took 10.6-11.0 s right after 4 GB were written (docs/benchmarks.md).
                 os.sync()
                 runs[what] = (
                     run_floor(source, work, args.floor_malloc)
