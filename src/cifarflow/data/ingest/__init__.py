@@ -124,6 +124,10 @@ class Checksums:
         """What names the landed folder (module docstring); ``None``: nothing yet (a provisional folder)."""
         return self.md5 or self.sha256
 
+    def folder(self, read: ArchiveInfo) -> str:
+        """The landed folder's name once the archive has been read (:meth:`check`)."""
+        return (self.name or read.sha256)[:16]
+
     def matches(self, held: ArchiveInfo) -> bool:
         """Whether ``held`` is this archive, by a checksum both know."""
         return (self.md5 is not None and self.md5 == held.md5) or (
@@ -342,7 +346,7 @@ def _land(
 
     assert landing is not None
     if sums.name is None:
-        folder = archive.sha256[:16]
+        folder = sums.folder(archive)
         # Into what a crashed or concurrent run of the same archive left there (the same bytes), file by file.
         store.move_folder(landing.folder_url, join(raw_url, folder))
         landing.folder_url = join(raw_url, folder)
@@ -419,7 +423,7 @@ def _land_image_archive(
                 while n := reader.readinto(buf):
                     out.write(memoryview(buf)[:n])
     info = sums.check(src, reader)
-    folder = (sums.md5 or info.sha256)[:16]
+    folder = sums.folder(info)
     source = images.open_image_archive(path, src, max_bytes)
     try:
         layout, _ = images.survey(source, folder_source=False)
