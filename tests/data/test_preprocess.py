@@ -568,6 +568,7 @@ def test_tasks_start_with_the_largest_range(spark: Any) -> None:
 def test_a_worker_heap_is_frozen_after_its_first_task() -> None:
     """PySpark's daemon collects garbage after every task: what the first task left alive is frozen once."""
     gc.unfreeze()
+    tasks.freeze_worker_heap.cache_clear()
     try:
         task = tasks.guarded(lambda ctx, part: iter([pa.record_batch([pa.array([part])], names=["n"])]))
         ranges_in = iter([pa.record_batch([pa.array([0, 1])], names=["id"])])
@@ -694,6 +695,29 @@ def scan_rows(store: Store, raw: str, seed: int = 0) -> pa.Table:
     ctx = tasks.TaskContext(tuple(parts), seed, store, source.num_classes, source.layout.name)
     numbers = pa.record_batch([pa.array(range(len(parts)), pa.int64())], names=["id"])
     return pa.Table.from_batches(list(tasks.scan_task(iter([numbers]), ctx=ctx)))
+
+
+def test_a_pass_two_task_never_loads_pandas(planted: Any, tmp_path: Path) -> None:
+    """pyarrow imports pandas on its first ``pa.array`` of a numpy array (~0.35 s in each worker): pass 2's
+    tasks build their columns from buffers. Run as a worker runs them, in a fresh process with the task's
+    context unpickled there."""
+    store = Store()
+    source = preprocess_job.read_source(store, planted[2])
+    parts = preprocess_job.plan_input(store, source, None)
+    ctx = tasks.TaskContext(tuple(parts), 0, store, source.num_classes, source.layout.name)
+    first = scan_rows(store, planted[2]).slice(0, 1).to_pylist()[0]  # a cut-off that one row ties
+    cutoffs = pre.Cutoffs({first["label"]: first["key"]}, {first["label"]: first["id"]})
+    arguments = {"dataset": str(tmp_path / "ds"), "dropped": SimpleNamespace(value={}), "cutoffs": cutoffs}
+    (tmp_path / "task.pickle").write_bytes(pickle.dumps((ctx, len(parts), arguments)))
+    script = (
+        "import pickle, sys\n"
+        "from cifarflow.data.preprocess import tasks\n"
+        f"ctx, n, arguments = pickle.loads(open({str(tmp_path / 'task.pickle')!r}, 'rb').read())\n"
+        "shards = list(tasks.write_task(iter(range(n)), ctx=ctx, **arguments))\n"
+        "print(sorted({s.split for s in shards}), 'pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[0] == "['test', 'train', 'val'] False", done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("fmt", ["python", "binary"])

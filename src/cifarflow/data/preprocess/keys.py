@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from cifarflow.data.content_index import HASH_BYTES, content_hashes
+from cifarflow.data.preprocess.schema import numeric_column
 
 __all__ = [
     "HASH_BYTES",
@@ -111,7 +112,9 @@ class Cutoffs:
         tied = np.flatnonzero(has[labels] & (keys == lk))
         if tied.size:
             names = (
-                ids.take(tied).to_pylist() if isinstance(ids, pa.Array) else np.asarray(ids)[tied].tolist()
+                ids.take(numeric_column(tied, np.int64)).to_pylist()
+                if isinstance(ids, pa.Array)
+                else np.asarray(ids)[tied].tolist()
             )
             limits = [self.ids[int(labels[i])] for i in tied]
             mask[tied] = [name <= limit for name, limit in zip(names, limits, strict=True)]

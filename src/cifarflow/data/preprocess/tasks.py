@@ -22,7 +22,7 @@ from cifarflow.data import manifest as mf
 from cifarflow.data.cifar import IMAGE_BYTES, LAYOUTS, Layout, chw_to_hwc, row_ids
 from cifarflow.data.preprocess.keys import HASH_BYTES, Cutoffs, channel_moments, content_hashes, split_keys
 from cifarflow.data.preprocess.ranges import InputRange, check_hashes, read_hashes, read_range
-from cifarflow.data.preprocess.schema import SCAN_ARROW, ShardRow, shard_table
+from cifarflow.data.preprocess.schema import SCAN_ARROW, ShardRow, numeric_column, shard_table
 from cifarflow.errors import CifarflowError, marked
 from cifarflow.storage import Store
 
@@ -124,13 +124,13 @@ def read_rows(ctx: TaskContext, part: Any) -> Rows:
     return cifar_rows(ctx, part)
 
 
+@functools.cache  # once a process: gc.get_freeze_count() walks the frozen objects (~3 ms a call)
 def freeze_worker_heap() -> None:
     """PySpark's daemon runs a full ``gc.collect()`` after every task of a reused worker: with numpy, pyarrow
     and pyspark loaded that walks ~100k objects, ~40-65 ms a task (7 CPU-s of 29 at 10x). What the first task
     leaves alive (modules, caches) is frozen once, so later collections walk only a task's own objects."""
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
+    gc.collect()
+    gc.freeze()
 
 
 def over_ranges(body: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
@@ -179,9 +179,9 @@ def scan_columns(
     return [
         ids,
         src,
-        pa.array(labels, pa.int32()),
+        numeric_column(labels, np.int32),
         hash_column(hashes),
-        pa.array(split_keys(hashes, seed), pa.int64()),
+        numeric_column(split_keys(hashes, seed), np.int64),
     ]
 
 
@@ -242,7 +242,7 @@ def _write_task(
             take = chosen[start : start + per_shard]
             images, labels = rows.images_at(take), rows.labels[take]
             relpath = f"{name}/part-{part.index:05d}-{chunk:03d}.parquet"
-            table = shard_table(rows.ids.take(take), labels, images)
+            table = shard_table(rows.ids.take(numeric_column(take, np.int64)), labels, images)
             entry = mf.write_shard(ctx.store, dataset, relpath, table)
             sums, squares = channel_moments(images) if name == "train" else ([0, 0, 0], [0, 0, 0])
             counts = np.bincount(labels, minlength=ctx.num_classes).tolist()
