@@ -563,6 +563,10 @@ def test_tasks_start_with_the_largest_range(spark: Any) -> None:
     assert numbers.rdd.getNumPartitions() == 4
     assert [row.id for row in numbers.collect()] == order
     assert spark.sparkContext.parallelize(order, len(order)).glom().collect() == [[3], [1], [0], [2]]
+    # Pass 2 pairs ranges only when every core still gets at least four tasks; a pair never splits the order.
+    assert [preprocess_job.write_partitions(n, 2) for n in (1, 4, 8, 9, 16, 55)] == [1, 4, 8, 8, 8, 28]
+    paired = spark.sparkContext.parallelize(list(range(55)), 28).glom().collect()
+    assert list(itertools.chain(*paired)) == list(range(55)) and max(map(len, paired)) == 2
 
 
 def test_a_worker_heap_is_frozen_after_its_first_task() -> None:

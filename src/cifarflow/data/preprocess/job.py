@@ -284,11 +284,18 @@ def run_job(spark: Spark, job: Job) -> tuple[mf.Manifest, mf.Stats]:
             write_task, ctx=ctx, dataset=job.staging_url, dropped=dropped, cutoffs=plan.cutoffs, carve=carve
         )
         with StageProgress(spark.context, "pass 2/2: split and write shards"):
-            rows = spark.context.parallelize(order, len(order)).mapPartitions(task).collect()
+            partitions = write_partitions(len(order), spark.context.defaultParallelism)
+            rows = spark.context.parallelize(order, partitions).mapPartitions(task).collect()
     finally:
         dropped.destroy(blocking=True)
     log.info("pass 2: %d shards written (%.1f s)", len(rows), time.monotonic() - clock)
     return assemble(replace(job, image=image), rows, plan, skipped)
+
+
+def write_partitions(ranges: int, cores: int) -> int:
+    """Pass 2's tasks: a range each while that keeps every core busy to the end, else two. A task costs ~15 ms
+    beyond its ranges (the JVM schedules it, the worker reads its command): 0.2 s of pass 2 at 10x CIFAR."""
+    return max(min(ranges, 4 * cores), (ranges + 1) // 2)
 
 
 def largest_first(ranges: list[Any]) -> list[int]:
