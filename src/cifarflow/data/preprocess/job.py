@@ -4,8 +4,8 @@ Stages (docs/architecture.md draws them):
 
 1. **Plan** (driver): read the raw index that ingest committed and cut the input into input ranges: one per
    python batch file (a pickle cannot be read from the middle), record-aligned byte ranges of binary files
-   (:mod:`.ranges`). Their numbers, the largest range first, are one partition each: an RDD, or a DataFrame
-   for the scans that Spark SQL reads.
+   (:mod:`.ranges`). Their numbers, the largest range first, are the partitions: one range each (pass 2: two
+   when there are many, :func:`write_partitions`), an RDD, or a DataFrame for the scans that Spark SQL reads.
 2. **Scan** (tasks): with the content index ingest landed beside each CIFAR member
    (:mod:`cifarflow.data.content_index`: a label and a hash, 17 bytes an image), tasks read it and answer
    pass 1's questions themselves (:mod:`.indexes`: counts, repeated keys, one key bucket's rows), so only
@@ -299,7 +299,7 @@ def write_partitions(ranges: int, cores: int) -> int:
 
 
 def largest_first(ranges: list[Any]) -> list[int]:
-    """The range numbers, the largest range first: one a partition, and Spark starts partitions in order, so a
+    """The range numbers, the largest range first: Spark starts partitions in order (contiguous slices), so a
     long task (a big pickle: the synthetic 50x test set is one of 500k images) runs beside the short ones
     instead of alone at the end. Shard names come from the range number, so the order changes no byte."""
 
