@@ -43,8 +43,9 @@ def spark_schema(schema: pa.Schema) -> Any:
 
 
 def numeric_column(values: np.ndarray, dtype: type[np.number[Any]]) -> pa.Array:
-    """An Arrow column of ``values`` as ``dtype``, built from its buffer: ``pa.array`` of a numpy array asks
-    whether it is a pandas object, which imports pandas (~0.35 s in each Python worker, for nothing)."""
+    """An Arrow column of ``values`` (which fit ``dtype``: labels, keys, positions) built from its buffer:
+    ``pa.array`` of a numpy array asks whether it is a pandas object, which imports pandas (~0.35 s in each
+    Python worker, for nothing)."""
     data = np.ascontiguousarray(values, dtype=dtype)
     return pa.Array.from_buffers(pa.from_numpy_dtype(dtype), len(data), [None, pa.py_buffer(data)])
 
