@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from cifarflow.data.content_index import HASH_BYTES, content_hashes
-from cifarflow.data.preprocess.schema import numeric_column
 
 __all__ = [
     "HASH_BYTES",
@@ -112,7 +111,8 @@ class Cutoffs:
         tied = np.flatnonzero(has[labels] & (keys == lk))
         if tied.size:
             names = (
-                ids.take(numeric_column(tied, np.int64)).to_pylist()
+                # A few rows: element by element (an Arrow take of numpy indices would import pandas).
+                [ids[i].as_py() for i in tied.tolist()]
                 if isinstance(ids, pa.Array)
                 else np.asarray(ids)[tied].tolist()
             )
