@@ -6,7 +6,10 @@ each image only needs the extra for the steps it runs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import gc
 import signal
 import sys
 from typing import Any
@@ -68,8 +71,18 @@ def _invoke(command: Any, argv: list[str] | None) -> Any:
         return command.invoke(ctx)
 
 
+@functools.cache
+def _no_collection_at_exit() -> None:
+    """Have the interpreter's exit skip its garbage collections over the whole heap (0.1-0.15 s of a Spark
+    job's exit): :func:`gc.freeze` runs after the exit handlers the command's work registers (registered
+    before them, it runs after them); objects are still freed by their reference counts, only the cycles
+    among them are left to the OS."""
+    atexit.register(gc.freeze)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user-facing failures become one ``error:`` line and exit code 2."""
+    _no_collection_at_exit()
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread (an embedding program): keep its handler
         previous = signal.signal(signal.SIGTERM, _terminate)
