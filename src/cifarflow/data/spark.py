@@ -288,12 +288,15 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: st
     jvm_stderr = JvmStderr(os.fdopen(read_end, "rb"))
     _jvm[:] = [DriverJvm(jvm_stderr)]
     jvm_stderr.quiet.set()  # start-up output only matters if the start fails, and then it is summarised
+    imports = threading.Thread(target=_import_converters_needs, name="pyspark-imports", daemon=True)
+    imports.start()
     try:
         gateway = launch_gateway(conf, popen_kwargs={"stderr": write_end})
-    except PySparkRuntimeError as exc:
+    except BaseException as exc:
+        imports.join()  # no import is left half-done while this error ends the process
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-        if exc.getCondition() != "JAVA_GATEWAY_EXITED":
+        if not isinstance(exc, PySparkRuntimeError) or exc.getCondition() != "JAVA_GATEWAY_EXITED":
             raise
         time.sleep(0.2)  # let the reader take the JVM's last lines
         raise JobError(
@@ -307,6 +310,13 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: st
     if archive is not None and archive.creating and gateway.proc is not None:
         classpath = str(gateway.jvm.System.getProperty("java.class.path"))
         archive.install_after(gateway.proc.pid, classpath)
+
+
+def _import_converters_needs() -> None:
+    """Import what PySpark's py4j converters import on the first call into the JVM (``pyspark.testing.utils``,
+    and with it pandas: ~0.2 s), while the driver waits for the JVM to start rather than after."""
+    with contextlib.suppress(Exception):  # the converters import it themselves, and report any failure
+        import pyspark.testing.utils  # noqa: F401
 
 
 def forward_env(context: SparkContext) -> None:
