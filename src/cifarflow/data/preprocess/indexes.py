@@ -5,10 +5,10 @@ Read as DataFrame rows, the indexes cost the JVM more than the tasks do (600k ro
 convert, hash and shuffle; a query over them ~1-2 s on a cold JVM, an RDD job ~0.1 s). So these are RDD jobs
 whose tasks read their ranges' records (17 bytes an image) and return only what the decision needs:
 
-- **counts**: per task, images per (class, key bucket) of train and per class of test in dense arrays (at
-  most :data:`~.plan.MAX_HISTOGRAM` cells), summed in a tree on the executors;
-- **repeated keys**: per range, its keys packed into one bytes object per key group; the groups are shuffled
-  (a few records, not one per image) and a reducer sorts each group's keys and keeps the repeated;
+- **counts and repeated keys**, from one job: per task, images per (class, key bucket) of train and per class
+  of test in dense arrays (at most :data:`~.plan.MAX_HISTOGRAM` cells), and per range its keys packed into
+  one bytes object per key group; the groups are shuffled (a few records, not one per image, the counts with
+  group 0) and a reducer sums the counts, sorts its group's keys and keeps the repeated;
 - **rows** of the repeated keys, and of the one key bucket per class that holds its val cut-off.
 
 Every answer is the one :class:`~.plan.FrameScan` gives over the same rows (a test runs both).
@@ -61,11 +61,22 @@ def ids(part: Any, mask: np.ndarray) -> list[str]:
     return row_ids(part.member, part.first_index + np.flatnonzero(mask)).to_pylist()
 
 
+Counts = tuple[np.ndarray, np.ndarray]  # train images per (class, key bucket), test images per class
+
+
+class Summary(NamedTuple):
+    """A reducer's answer: its group's repeated keys, and the counts when they came to its group."""
+
+    repeated: list[int]
+    counts: Counts | None
+
+
 @over_ranges
-def count_task(
-    ctx: TaskContext, parts: Iterator[Any], *, shift: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Train images per (class, key bucket) and test images per class, over all the task's ranges."""
+def summary_task(
+    ctx: TaskContext, parts: Iterator[Any], *, shift: int, groups: int
+) -> Iterator[tuple[int, Any]]:
+    """Each range's keys, packed per group (equal keys share a group); then, for group 0, the task's train
+    images per (class, key bucket) and test images per class."""
     width = bucket_width(shift)
     train = np.zeros(ctx.num_classes * width, dtype=np.int64)
     test = np.zeros(ctx.num_classes, dtype=np.int64)
@@ -76,28 +87,29 @@ def count_task(
         else:
             slots = labels.astype(np.int64) * width + (keys >> shift) + width // 2
             train += np.bincount(slots, minlength=train.size)
-    yield train, test
+        group = keys.view(np.uint64) % np.uint64(groups)
+        for g in range(groups):
+            yield g, keys[group == g].tobytes()
+    yield 0, (train, test)
 
 
-def add(
-    one: tuple[np.ndarray, np.ndarray], two: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
+def add(one: Counts, two: Counts) -> Counts:
     return one[0] + two[0], one[1] + two[1]
 
 
-@guarded
-def key_task(ctx: TaskContext, part: Any, *, groups: int) -> Iterator[tuple[int, bytes]]:
-    """The range's keys, packed per group (equal keys share a group)."""
-    _, _, keys = records(ctx, part)
-    group = keys.view(np.uint64) % np.uint64(groups)
-    for g in range(groups):
-        yield g, keys[group == g].tobytes()
-
-
-def repeated_in(pairs: Iterable[tuple[int, bytes]]) -> Iterator[int]:
-    """A reducer: the keys that occur more than once among all the packed keys of its partition."""
-    keys = np.sort(np.frombuffer(b"".join(blob for _, blob in pairs), dtype=np.int64))
-    yield from np.unique(keys[1:][keys[1:] == keys[:-1]]).tolist()
+def summarize(pairs: Iterable[tuple[int, Any]]) -> Iterator[Summary]:
+    """A reducer: the keys that occur more than once among its partition's packed keys, and the sum of the
+    counts that came with them."""
+    blobs: list[bytes] = []
+    counts: list[Counts] = []
+    for _, item in pairs:
+        if isinstance(item, bytes):
+            blobs.append(item)
+        else:
+            counts.append(item)
+    keys = np.sort(np.frombuffer(b"".join(blobs), dtype=np.int64))
+    repeated = np.unique(keys[1:][keys[1:] == keys[:-1]]).tolist()
+    yield Summary(repeated, functools.reduce(add, counts) if counts else None)
 
 
 @guarded
@@ -136,12 +148,17 @@ class IndexScan(Scan):
         self.cores = max(1, min(len(ctx.ranges), self.context.defaultParallelism))
         self.numbers = self.context.parallelize(range(len(ctx.ranges)), self.cores)
         self.gone: frozenset[str] = frozenset()
+        self._repeated: list[int] | None = None  # found by counts(), with them
 
     def _map(self, task: Any, **kwargs: Any) -> RDD[Any]:
         return self.numbers.mapPartitions(functools.partial(task, ctx=self.ctx, **kwargs))
 
     def counts(self, shift: int) -> list[tuple[str, int, int | None, int]]:
-        train, test = self._map(count_task, shift=shift).treeReduce(add)
+        groups = self.cores
+        packed = self._map(summary_task, shift=shift, groups=groups).partitionBy(groups, lambda group: group)
+        summaries = packed.mapPartitions(summarize).collect()
+        self._repeated = sorted(key for summary in summaries for key in summary.repeated)
+        train, test = functools.reduce(add, [s.counts for s in summaries if s.counts is not None])
         width = bucket_width(shift)
         cells = np.flatnonzero(train)
         found: list[tuple[str, int, int | None, int]] = [
@@ -151,12 +168,10 @@ class IndexScan(Scan):
         return found + [("test", c, None, int(test[c])) for c in np.flatnonzero(test).tolist()]
 
     def repeated(self) -> list[Any]:
-        groups = self.cores
-        packed = self._map(key_task, groups=groups).partitionBy(groups, lambda group: group)
-        found = packed.mapPartitions(repeated_in).collect()
-        if not found:
+        assert self._repeated is not None, "counts() finds the repeated keys"
+        if not self._repeated:
             return []
-        wanted = self.context.broadcast(np.array(sorted(found), dtype=np.int64))
+        wanted = self.context.broadcast(np.array(self._repeated, dtype=np.int64))
         try:
             return self._map(repeated_task, keys=wanted).collect()
         finally:
