@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
+import time
 from typing import Any
 
 import pytest
 
 from cifarflow.data import allocator
+from cifarflow.data.ingest import decompress
 from cifarflow.data.ingest.decompress import Expanded, Truncated
 from cifarflow.data.ingest.members import MemberBytes
 
@@ -98,3 +101,18 @@ def test_glibc_takes_the_setting() -> None:
     assert allocator.keep_freed_memory()  # this machine's glibc accepts both thresholds
     with allocator.freed_memory_kept():
         pass
+
+
+def test_the_threaded_inflate_runs_blocks_ahead_of_a_busy_walk(monkeypatch: Any) -> None:
+    """While the walk works on a member it has read, the inflate goes on up to INFLATE_AHEAD blocks (isal's
+    own reader stops two blocks ahead): how far it read the compressed source shows it."""
+    monkeypatch.setattr(decompress, "INFLATE_BLOCK", 64 << 10)
+    monkeypatch.setattr(decompress, "INFLATE_AHEAD", 64)  # 4 MB ahead; isal's two blocks: ~1.7 MB read
+    source = io.BytesIO(gzip.compress(os.urandom(6 << 20), compresslevel=1))  # incompressible: 1 byte in, 1 out
+    with Expanded(source, 1 << 30, threaded=True) as expanded:  # type: ignore[arg-type]
+        assert expanded.readinto(bytearray(1)) == 1
+        deadline, last = time.monotonic() + 10, -1
+        while source.tell() != last and time.monotonic() < deadline:  # until the inflate waits for the walk
+            last = source.tell()
+            time.sleep(0.2)
+        assert source.tell() >= 4 << 20

@@ -32,6 +32,8 @@ except ImportError:  # a platform without its wheels: the standard library's
 # holds for up to the 5 ms switch interval: with 1 MB blocks a busy walk starved the inflate of 10x CIFAR from
 # 5.3 s to 16.6 s; ingest at 10x took 9.5 s with 1 MB, 7.3-7.5 s with 2 MB, 7.6 s with 4 MB, 8.2-8.5 s with 16.
 INFLATE_BLOCK = 2 << 20
+# Inflated blocks that may wait for the walk (64 MB): more than a pickled member at 10x CIFAR.
+INFLATE_AHEAD = 32
 # How long the walk may hold the GIL while the inflate and hash threads wait for it (Python's default: 5 ms).
 # Each inflated block needs the GIL a few times, and a python-format walk holds it long (copies, unpickling):
 # python ingest at 10x took 10.8-11.0 s at 0.5 ms, 11.9-12.6 s at 5 ms (alternating runs); binary: no change.
@@ -109,15 +111,30 @@ def _decompressor(raw: io.RawIOBase, threaded: bool) -> io.BufferedIOBase:
     head = buffered.peek(6)[:6]
     if head.startswith(b"\x1f\x8b"):
         if threaded and threaded_reader is not None:
-            return cast(
-                io.BufferedIOBase, threaded_reader.open(buffered, "rb", threads=1, block_size=INFLATE_BLOCK)
-            )
+            return _threaded(buffered)
         return gzip_reader.GzipFile(fileobj=buffered, mode="rb")
     if head.startswith(b"BZh"):
         return bz2.BZ2File(buffered)
     if head.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(buffered)
     return buffered
+
+
+def _threaded(buffered: io.BufferedIOBase) -> io.BufferedIOBase:
+    """ISA-L's threaded reader, up to :data:`INFLATE_AHEAD` blocks ahead of the walk. With ``isal.open``'s two,
+    the inflate stopped while the walk unpickled, hashed and wrote a pickled member it had read whole (31 MB at
+    10x); a member ahead, python ingest at 10x took 7.15-7.65 s instead of 7.34-8.43 (binary: no change). Only
+    isal's reader class takes the queue's length; an isal without that class gets ``open``'s."""
+    assert threaded_reader is not None
+    try:
+        reader = threaded_reader._ThreadedGzipReader(
+            buffered, queue_size=INFLATE_AHEAD, block_size=INFLATE_BLOCK
+        )
+    except (AttributeError, TypeError):  # an isal whose reader class is not this one
+        return cast(
+            io.BufferedIOBase, threaded_reader.open(buffered, "rb", threads=1, block_size=INFLATE_BLOCK)
+        )
+    return io.BufferedReader(reader)
 
 
 def too_big(what: str, limit: int) -> InputError:
