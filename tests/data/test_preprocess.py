@@ -264,7 +264,10 @@ def test_split_keys_depend_on_content_and_seed_only() -> None:
     assert hashes.shape == (50, 16)
     want = [xxhash.xxh3_128_digest(row.tobytes()) for row in images]
     assert [bytes(h) for h in hashes] == want
-    # Any layout gives the same digests: a strided view, a list of arrays (image folders), no rows.
+    # Any layout gives the same digests: strided views (binary records minus their label byte, every other
+    # row), a list of arrays (image folders), no rows.
+    records = np.concatenate([np.zeros((50, 1), dtype=np.uint8), images], axis=1)
+    assert [bytes(h) for h in pre.content_hashes(records[:, 1:])] == want
     assert [bytes(h) for h in pre.content_hashes(images[::2])] == want[::2]
     assert [bytes(h) for h in pre.content_hashes(images[:, ::-1].copy()[:, ::-1])] == want
     assert [bytes(h) for h in pre.content_hashes(list(images.reshape(50, 32, 32, 3)))] == want

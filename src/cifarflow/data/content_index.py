@@ -30,13 +30,24 @@ def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """(n, 16) uint8 XXH3-128 digests of each image's bytes (rows of an array, or C-contiguous arrays)."""
     digest = xxhash.xxh3_128_digest
     if isinstance(images, np.ndarray) and images.ndim == 2 and images.size:
-        # Slices of one flat view: no numpy object a row (2.2 against 4.2 ms per 10k CIFAR images).
-        rows = np.ascontiguousarray(images)
-        flat, width = rows.data.cast("B"), rows.shape[1]
-        digests = b"".join([digest(flat[start : start + width]) for start in range(0, flat.nbytes, width)])
+        # Slices of one flat view: no numpy object a row (2.2 against 4.2 ms per 10k CIFAR images). Rows that
+        # are each contiguous (binary records minus their label byte) are sliced where they lie: a copy first
+        # took 2.3-10 ms per 10k more.
+        rows = images if _rows_in_place(images) else np.ascontiguousarray(images).view(np.uint8)
+        width, step = rows.shape[1], rows.strides[0]
+        span = np.lib.stride_tricks.as_strided(rows, shape=((len(rows) - 1) * step + width,), strides=(1,))
+        flat = span.data
+        digests = b"".join(
+            [digest(flat[start : start + width]) for start in range(0, len(rows) * step, step)]
+        )
     else:
         digests = b"".join(digest(np.ascontiguousarray(row).data) for row in images)
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, HASH_BYTES)
+
+
+def _rows_in_place(images: np.ndarray) -> bool:
+    """Whether each row of the uint8 ``images`` is contiguous, and rows follow each other in memory."""
+    return images.dtype == np.uint8 and images.strides[1] == 1 and images.strides[0] >= images.shape[1]
 
 
 def path(member_path: str) -> str:
