@@ -31,8 +31,8 @@ def content_hashes(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     digest = xxhash.xxh3_128_digest
     if isinstance(images, np.ndarray) and images.ndim == 2 and images.size:
         # Slices of one flat view: no numpy object a row (2.2 against 4.2 ms per 10k CIFAR images). Rows that
-        # are each contiguous (binary records minus their label byte) are sliced where they lie: a copy first
-        # took 2.3-10 ms per 10k more.
+        # are each contiguous (binary records minus their label byte) are sliced where they lie (2.3 ms per
+        # 10k against 4.5-12 with a copy first).
         rows = images if _rows_in_place(images) else np.ascontiguousarray(images).view(np.uint8)
         width, step = rows.shape[1], rows.strides[0]
         span = np.lib.stride_tricks.as_strided(rows, shape=((len(rows) - 1) * step + width,), strides=(1,))

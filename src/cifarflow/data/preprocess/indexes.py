@@ -141,7 +141,8 @@ def bucket_task(
 
 class IndexScan(Scan):
     """:class:`~.plan.Scan` over CIFAR ranges that all have a content index: one task per core reads many
-    ranges (an index read is small; a task's fixed cost is ~0.1 s)."""
+    ranges (an index read is small; a task's fixed cost is ~0.1 s). :meth:`counts` finds the repeated keys in
+    the same job (:meth:`repeated` then reads their rows), as :func:`~.plan.plan_split` asks in that order."""
 
     def __init__(self, context: SparkContext, ctx: TaskContext) -> None:
         self.context, self.ctx = context, ctx
