@@ -269,6 +269,7 @@ def test_split_keys_depend_on_content_and_seed_only() -> None:
     records = np.concatenate([np.zeros((50, 1), dtype=np.uint8), images], axis=1)
     assert [bytes(h) for h in pre.content_hashes(records[:, 1:])] == want
     assert [bytes(h) for h in pre.content_hashes(images[::2])] == want[::2]
+    assert [bytes(h) for h in pre.content_hashes(np.broadcast_to(images[3], (1, IMAGE_BYTES)))] == want[3:4]
     assert [bytes(h) for h in pre.content_hashes(images[:, ::-1].copy()[:, ::-1])] == want
     assert [bytes(h) for h in pre.content_hashes(list(images.reshape(50, 32, 32, 3)))] == want
     assert pre.content_hashes(images[:0]).shape == (0, 16)

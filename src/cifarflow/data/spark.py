@@ -293,7 +293,6 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: st
     try:
         gateway = launch_gateway(conf, popen_kwargs={"stderr": write_end})
     except BaseException as exc:
-        imports.join()  # no import is left half-done while this error ends the process
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         if not isinstance(exc, PySparkRuntimeError) or exc.getCondition() != "JAVA_GATEWAY_EXITED":
@@ -305,6 +304,7 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: st
         ) from None
     finally:
         os.close(write_end)  # the JVM holds its own copy
+        imports.join()  # done by now (the JVM's start takes longer); none is left half-done at an exit
     _jvm[0].proc, _jvm[0].scratch = gateway.proc, scratch
     SparkContext._ensure_initialized(gateway=gateway, conf=conf)
     if archive is not None and archive.creating and gateway.proc is not None:

@@ -169,7 +169,8 @@ class IndexScan(Scan):
         return found + [("test", c, None, int(test[c])) for c in np.flatnonzero(test).tolist()]
 
     def repeated(self) -> list[Any]:
-        assert self._repeated is not None, "counts() finds the repeated keys"
+        if self._repeated is None:  # not an assert: under -O it would pass as "no duplicates"
+            raise RuntimeError("IndexScan.counts() finds the repeated keys: call it first")
         if not self._repeated:
             return []
         wanted = self.context.broadcast(np.array(self._repeated, dtype=np.int64))
