@@ -1135,6 +1135,32 @@ def start_preprocess(raw: str, out: Path, *args: str, **env: str) -> subprocess.
     )
 
 
+@pytest.mark.parametrize("cds", ["1", "0"])
+def test_a_jvm_that_cannot_start_is_one_line_and_leaves_nothing(
+    fresh_raw: str, tmp_path: Path, cds: str
+) -> None:
+    """A ``java`` that exits at once (a wrong JAVA_HOME, a bad JVM option): one error line quoting the JVM,
+    exit 2, and nothing left: no dataset, no Spark scratch folder (class-data sharing off: the driver ends the
+    JVM and owns its temporary folder), no marker of an archive in hand (on: this java has none yet)."""
+    java_home = tmp_path / "java"
+    (java_home / "bin").mkdir(parents=True)
+    java = java_home / "bin" / "java"
+    java.write_text("#!/bin/sh\necho 'Error: Could not create the Java Virtual Machine.' >&2\nexit 1\n")
+    java.chmod(0o755)
+    scratch, cache = tmp_path / "tmp", tmp_path / "cache"
+    scratch.mkdir()
+    out = tmp_path / "ds"
+    env = {"JAVA_HOME": str(java_home), "TMPDIR": str(scratch), "XDG_CACHE_HOME": str(cache)}
+    proc = start_preprocess(fresh_raw, out, "--master", "local[1]", CIFARFLOW_SPARK_CDS=cds, **env)
+    _, err = proc.communicate(timeout=120)
+    assert_one_error_line(
+        proc.returncode, err.splitlines(), "Spark's JVM exited while starting", "Could not create the Java"
+    )
+    assert not list(scratch.iterdir())
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+    assert not out.exists() or not list(out.iterdir())
+
+
 @pytest.mark.slow
 def test_the_command_is_quiet_and_a_task_error_is_its_last_line(planted: Any, tmp_path: Path) -> None:
     """A fresh process (its own JVM): stderr holds cifarflow's log lines and, on failure, the one error line —

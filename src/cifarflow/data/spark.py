@@ -295,6 +295,8 @@ def launch_jvm(conf: SparkConf, archive: ClassArchive | None = None, scratch: st
     except BaseException as exc:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if archive is not None and archive.creating is not None:
+            archive.creating.unlink(missing_ok=True)  # the marker of an archive no JVM will write
         if not isinstance(exc, PySparkRuntimeError) or exc.getCondition() != "JAVA_GATEWAY_EXITED":
             raise
         time.sleep(0.2)  # let the reader take the JVM's last lines
