@@ -108,9 +108,8 @@ def test_the_threaded_inflate_runs_blocks_ahead_of_a_busy_walk(monkeypatch: Any)
     own reader stops two blocks ahead): how far it read the compressed source shows it."""
     monkeypatch.setattr(decompress, "INFLATE_BLOCK", 64 << 10)
     monkeypatch.setattr(decompress, "INFLATE_AHEAD", 64)  # 4 MB ahead; isal's two blocks: ~1.7 MB read
-    source = io.BytesIO(
-        gzip.compress(os.urandom(6 << 20), compresslevel=1)
-    )  # incompressible: 1 byte in, 1 out
+    # Incompressible: a byte of the source read is a byte inflated.
+    source = io.BytesIO(gzip.compress(os.urandom(6 << 20), compresslevel=1))
     with Expanded(source, 1 << 30, threaded=True) as expanded:  # type: ignore[arg-type]
         assert expanded.readinto(bytearray(1)) == 1
         deadline = time.monotonic() + 10
